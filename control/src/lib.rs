@@ -1,0 +1,3 @@
+//! The control plane: Tailscale's coordination protocol (ts2021), registration, the
+//! netmap and the state file. Protocol logic is plain types and functions; the I/O that
+//! drives them lives at the edges.

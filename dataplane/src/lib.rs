@@ -1,0 +1,14 @@
+//! ringscale's data plane: the TUN device, the UDP socket, WireGuard (boringtun),
+//! AllowedIPs routing and the host configuration the tunnel needs.
+//!
+//! The whole data plane is configured through one value, [`Config`]: a WireGuard config
+//! file and the control plane's netmap both produce it, and [`Engine::reconfigure`]
+//! swaps it in.
+
+pub mod allowed_ips;
+pub mod config;
+pub mod key;
+pub mod wgconfig;
+
+pub use config::{Config, IfAddr, PeerConfig};
+pub use key::Key;

@@ -1,0 +1,5 @@
+//! The test bed shared by the end-to-end tests and the benchmark: network namespaces
+//! joined by veth pairs, processes started inside them, and cleanup that runs also when
+//! a test fails or panics. Only addresses inside the namespaces made here are used.
+
+pub mod testbed;
