@@ -1,6 +1,7 @@
 //! The daemon role (`tailscaled`): flags, then the engine.
 
 use crate::goflag::{self, Flag, FlagError};
+use ringscale_dataplane::{wgconfig, Engine};
 use std::process::ExitCode;
 
 pub const FLAGS: &[Flag] = &[
@@ -50,6 +51,79 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     };
     crate::logging::init(verbose);
-    log::error!("the daemon is not built yet");
-    ExitCode::from(1)
+    let port = match flags.num::<u16>("port") {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.bool("cleanup") {
+        // Everything the daemon puts on the host so far lives on its TUN device, which
+        // the kernel removes with the process; later host state (routes in table 52,
+        // rules, netfilter, DNS) is cleaned here.
+        log::info!("cleanup: nothing to remove");
+        return ExitCode::SUCCESS;
+    }
+    let wg_config = flags.str("wg-config");
+    if wg_config.is_empty() {
+        log::error!("no control plane yet: give peers with --wg-config FILE");
+        return ExitCode::from(1);
+    }
+    let cfg = match load_wg_config(wg_config) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    // --port wins when given; otherwise the file's ListenPort, then the default.
+    let port = if flags.is_set("port") || cfg.listen_port == 0 {
+        port
+    } else {
+        cfg.listen_port
+    };
+
+    // Block the termination signals before any thread starts so that every thread
+    // inherits the mask and only sigwait below sees them.
+    let signals = termination_signals();
+    // SAFETY: `signals` is an initialised sigset_t.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+
+    let engine = match Engine::start(&cfg, flags.str("tun"), port) {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let sig = wait_for(&signals);
+    log::info!("signal {sig}: shutting down");
+    // The TUN device, its addresses and routes go with the process.
+    drop(engine);
+    ExitCode::SUCCESS
+}
+
+fn load_wg_config(path: &str) -> Result<ringscale_dataplane::Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    wgconfig::parse(&text).map_err(|e| format!("{path}: {e}"))
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+fn wait_for(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and blocked in this thread; `sig` receives the number.
+    while unsafe { libc::sigwait(set, &mut sig) } != 0 {}
+    sig
 }

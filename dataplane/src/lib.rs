@@ -7,8 +7,12 @@
 
 pub mod allowed_ips;
 pub mod config;
+pub mod engine;
 pub mod key;
+pub mod sys;
 pub mod wgconfig;
+pub mod wireguard;
 
 pub use config::{Config, IfAddr, PeerConfig};
+pub use engine::Engine;
 pub use key::Key;
