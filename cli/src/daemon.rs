@@ -1,7 +1,7 @@
 //! The daemon role (`tailscaled`): flags, then the engine.
 
 use crate::goflag::{self, Flag, FlagError};
-use ringscale_dataplane::{wgconfig, Engine};
+use ringscale_dataplane::{wgconfig, Engine, EngineOptions};
 use std::process::ExitCode;
 
 pub const FLAGS: &[Flag] = &[
@@ -15,6 +15,8 @@ pub const FLAGS: &[Flag] = &[
     Flag::bool("cleanup", "clean up system state and exit"),
     Flag::bool("version", "print version information and exit"),
     Flag::value("wg-config", "", "take peers from this WireGuard config file instead of a control server"),
+    Flag::value("workers", "0", "packet worker threads (TUN queues); 0 means one per online core"),
+    Flag::bool_on("offload", "use TUN segmentation offload and UDP GSO/GRO when the kernel has them"),
 ];
 
 pub fn main(args: &[String]) -> ExitCode {
@@ -90,7 +92,14 @@ pub fn main(args: &[String]) -> ExitCode {
     // SAFETY: `signals` is an initialised sigset_t.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
-    let engine = match Engine::start(&cfg, flags.str("tun"), port) {
+    let opts = match engine_options(&flags) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let engine = match Engine::start(&cfg, flags.str("tun"), port, opts) {
         Ok(e) => e,
         Err(e) => {
             log::error!("{e}");
@@ -102,6 +111,13 @@ pub fn main(args: &[String]) -> ExitCode {
     // The TUN device, its addresses and routes go with the process.
     drop(engine);
     ExitCode::SUCCESS
+}
+
+fn engine_options(flags: &goflag::Parsed) -> Result<EngineOptions, FlagError> {
+    Ok(EngineOptions {
+        workers: flags.num("workers")?,
+        offload: flags.bool("offload"),
+    })
 }
 
 fn load_wg_config(path: &str) -> Result<ringscale_dataplane::Config, String> {

@@ -30,6 +30,15 @@ impl Flag {
             usage,
         }
     }
+    /// A boolean flag that is on unless `--name=false` is given.
+    pub const fn bool_on(name: &'static str, usage: &'static str) -> Flag {
+        Flag {
+            name,
+            kind: Kind::Bool,
+            default: "true",
+            usage,
+        }
+    }
     pub const fn value(name: &'static str, default: &'static str, usage: &'static str) -> Flag {
         Flag {
             name,

@@ -9,10 +9,12 @@ pub mod allowed_ips;
 pub mod config;
 pub mod engine;
 pub mod key;
+pub mod offload;
 pub mod sys;
 pub mod wgconfig;
 pub mod wireguard;
+pub mod worker;
 
 pub use config::{Config, IfAddr, PeerConfig};
-pub use engine::Engine;
+pub use engine::{Engine, EngineOptions};
 pub use key::Key;

@@ -3,3 +3,4 @@
 //! a test fails or panics. Only addresses inside the namespaces made here are used.
 
 pub mod testbed;
+pub mod wgpeer;

@@ -190,6 +190,17 @@ impl Drop for Proc {
 
 /// The `ringscale` binary built by cargo for this workspace.
 pub fn ringscale_bin() -> PathBuf {
+    let p = ringscale_bin_path();
+    assert!(
+        p.exists(),
+        "{p:?} not found: run `cargo build -p ringscale` first"
+    );
+    p
+}
+
+/// Where [`ringscale_bin`] looks for the binary ($RINGSCALE_BIN, else the workspace's
+/// target directory), without requiring it to exist.
+pub fn ringscale_bin_path() -> PathBuf {
     if let Ok(p) = std::env::var("RINGSCALE_BIN") {
         return PathBuf::from(p);
     }
@@ -204,12 +215,7 @@ pub fn ringscale_bin() -> PathBuf {
     } else {
         "release"
     };
-    let p = target.join(profile).join("ringscale");
-    assert!(
-        p.exists(),
-        "{p:?} not found: run `cargo build -p ringscale` first"
-    );
-    p
+    target.join(profile).join("ringscale")
 }
 
 /// A scratch directory removed on drop.
@@ -228,5 +234,441 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Additions for the WireGuard end-to-end tests and the benchmark: code that runs
+// inside a namespace in-process, bounded waits, and packet capture without tcpdump.
+
+impl Netns {
+    /// The bind-mounted namespace file `ip netns` made.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs `f` on a new thread that has joined this network namespace, so sockets it
+    /// creates live there. `setns(CLONE_NEWNET)` affects only the calling thread, which
+    /// is what lets the test process talk from several namespaces at once without any
+    /// helper tool.
+    pub fn thread<F, T>(&self, f: F) -> std::thread::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let path = self.path();
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+    }
+
+    /// Interface names in this namespace (`ip -o link`), without the `@peer` suffix.
+    pub fn links(&self) -> Vec<String> {
+        let out = self.ip(&["-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Does the interface exist in this namespace?
+    pub fn has_link(&self, ifname: &str) -> bool {
+        self.command("ip")
+            .args(["link", "show", "dev", ifname])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// `ping -c1` like [`Netns::ping`], with a chosen packet size (payload bytes).
+    pub fn ping_size(&self, addr: &str, size: usize) -> bool {
+        self.command("ping")
+            .args(["-c", "1", "-W", "1", "-s", &size.to_string(), addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    // SAFETY: setns(2) with a valid namespace fd; only this thread changes namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path:?}: {}", std::io::Error::last_os_error());
+}
+
+impl Proc {
+    /// Waits up to `timeout` for the process to end.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.exited() {
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if the process has not ended after `grace`. Returns the
+    /// exit status and whether the process ended by itself within the grace period.
+    pub fn terminate(&mut self, grace: Duration) -> (std::process::ExitStatus, bool) {
+        if let Some(st) = self.exited() {
+            return (st, true);
+        }
+        self.signal(libc::SIGTERM);
+        if let Some(st) = self.wait_timeout(grace) {
+            return (st, true);
+        }
+        let _ = self.child.kill();
+        (self.child.wait().expect("wait for killed child"), false)
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The SHA-256 of a file, by coreutils' `sha256sum` (present on every Debian).
+pub fn sha256_file(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Writes `bytes` random bytes from /dev/urandom to `path`.
+pub fn random_file(path: &Path, bytes: u64) {
+    use std::io::Read;
+    let mut src = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    let mut dst = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
+    let copied = std::io::copy(&mut (&mut src).take(bytes), &mut dst).expect("write random file");
+    assert_eq!(copied, bytes);
+}
+
+/// What a checked TCP transfer saw on each end.
+#[derive(Debug)]
+pub struct TransferReport {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub sha256_sent: String,
+    pub sha256_received: String,
+    pub elapsed: Duration,
+}
+
+/// Sends the file `src` over TCP from namespace `from` to `to_addr:port` in namespace
+/// `to`, where it is written to `dst`; then hashes both files. Every socket operation
+/// has a timeout and the whole transfer is bounded by `timeout`; a failure on either
+/// end comes back as the error (the ends run in their own threads, in their own
+/// namespaces, so nothing outside the test bed is needed).
+pub fn tcp_transfer(
+    from: &Netns,
+    to: &Netns,
+    to_addr: std::net::IpAddr,
+    port: u16,
+    src: &Path,
+    dst: &Path,
+    timeout: Duration,
+) -> Result<TransferReport, String> {
+    use std::io::Write;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let target = SocketAddr::new(to_addr, port);
+    let io_timeout = Some(timeout.min(Duration::from_secs(30)));
+
+    // Receiver: listen first, tell the sender it may connect, then copy to `dst`.
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = mpsc::channel::<(&'static str, Result<u64, String>)>();
+    let dst_owned = dst.to_path_buf();
+    let done_rx_tx = done_tx.clone();
+    to.thread(move || {
+        let res = (|| -> Result<u64, String> {
+            let listener = TcpListener::bind(target).map_err(|e| format!("bind {target}: {e}"));
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.clone()));
+                    return Err(e);
+                }
+            };
+            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline {
+                            return Err("receiver: no connection before the deadline".into());
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(format!("accept: {e}")),
+                }
+            };
+            stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(io_timeout)
+                .map_err(|e| e.to_string())?;
+            let mut out = std::fs::File::create(&dst_owned).map_err(|e| e.to_string())?;
+            let n = std::io::copy(&mut stream, &mut out)
+                .map_err(|e| format!("receiver: {e} (after {:?})", start.elapsed()))?;
+            out.flush().map_err(|e| e.to_string())?;
+            Ok(n)
+        })();
+        let _ = done_rx_tx.send(("receiver", res));
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err("receiver did not start".into()),
+    }
+
+    let src_owned = src.to_path_buf();
+    from.thread(move || {
+        let res = (|| -> Result<u64, String> {
+            let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
+                .map_err(|e| format!("sender: connect {target}: {e}"))?;
+            stream
+                .set_write_timeout(io_timeout)
+                .map_err(|e| e.to_string())?;
+            let mut file = std::fs::File::open(&src_owned).map_err(|e| e.to_string())?;
+            let n = std::io::copy(&mut file, &mut stream)
+                .map_err(|e| format!("sender: {e} (after {:?})", start.elapsed()))?;
+            stream.flush().map_err(|e| e.to_string())?;
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(|e| e.to_string())?;
+            Ok(n)
+        })();
+        let _ = done_tx.send(("sender", res));
+    });
+
+    let (mut sent, mut received) = (None, None);
+    while sent.is_none() || received.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(("sender", r)) => sent = Some(r?),
+            Ok((_, r)) => received = Some(r?),
+            Err(_) => {
+                return Err(format!(
+                    "transfer not finished within {timeout:?} (sender done: {}, receiver done: {}, received so far: {} bytes)",
+                    sent.is_some(),
+                    received.is_some(),
+                    std::fs::metadata(dst).map(|m| m.len()).unwrap_or(0)
+                ))
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok(TransferReport {
+        bytes_sent: sent.unwrap_or(0),
+        bytes_received: received.unwrap_or(0),
+        sha256_sent: sha256_file(src),
+        sha256_received: sha256_file(dst),
+        elapsed,
+    })
+}
+
+/// A capture of UDP/IPv4 datagrams arriving in a namespace, through an AF_PACKET
+/// socket (what tcpdump uses underneath), so tests can replay real packets.
+pub struct UdpCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<CapturedDatagram>>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CapturedDatagram {
+    pub src: std::net::SocketAddrV4,
+    pub dst: std::net::SocketAddrV4,
+    pub payload: Vec<u8>,
+}
+
+impl UdpCapture {
+    /// Starts capturing, in `ns`, IPv4 UDP datagrams to `dst_port` (any interface,
+    /// either direction; filter on `src`/`dst` afterwards). At most `limit` are kept.
+    pub fn start(ns: &Netns, dst_port: u16, limit: usize) -> UdpCapture {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = ns.thread(move || {
+            // SAFETY: plain socket(2); the fd is closed below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_DGRAM,
+                    (libc::ETH_P_IP as u16).to_be() as i32,
+                )
+            };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            // SAFETY: setsockopt with a correctly sized timeval.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            let _ = ready_tx.send(());
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) && out.len() < limit {
+                // SAFETY: recv into our own buffer of the given length.
+                let n =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                if n <= 0 {
+                    continue;
+                }
+                if let Some(d) = parse_ipv4_udp(&buf[..n as usize]) {
+                    if d.dst.port() == dst_port {
+                        out.push(d);
+                    }
+                }
+            }
+            // SAFETY: closing the fd we opened.
+            unsafe { libc::close(fd) };
+            out
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("capture thread did not start");
+        UdpCapture {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the capture and returns what it saw, in arrival order.
+    pub fn finish(mut self) -> Vec<CapturedDatagram> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("capture handle")
+            .join()
+            .expect("capture thread panicked")
+    }
+}
+
+impl Drop for UdpCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// An IPv4 packet carrying a whole (unfragmented) UDP datagram, else None.
+pub fn parse_ipv4_udp(pkt: &[u8]) -> Option<CapturedDatagram> {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 || pkt[9] != 17 {
+        return None;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+    // More-fragments flag or a fragment offset: not a whole datagram.
+    if frag & 0x3fff != 0 || ihl < 20 || total > pkt.len() || total < ihl + 8 {
+        return None;
+    }
+    let udp = &pkt[ihl..total];
+    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if ulen < 8 || ulen > udp.len() {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(pkt[o], pkt[o + 1], pkt[o + 2], pkt[o + 3]);
+    Some(CapturedDatagram {
+        src: SocketAddrV4::new(ip(12), u16::from_be_bytes([udp[0], udp[1]])),
+        dst: SocketAddrV4::new(ip(16), u16::from_be_bytes([udp[2], udp[3]])),
+        payload: udp[8..ulen].to_vec(),
+    })
+}
+
+/// A small deterministic PRNG (xorshift64*) for test traffic: reproducible from the
+/// seed a failing test prints, and no dependency.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(seed | 1)
+    }
+
+    /// Seeded from /dev/urandom.
+    pub fn from_entropy() -> TestRng {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .expect("read /dev/urandom");
+        TestRng::new(u64::from_le_bytes(b))
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.0
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0), bias negligible for test purposes.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
     }
 }

@@ -8,6 +8,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+/// TUNSETOFFLOAD flags: what the kernel may hand us unsegmented / without checksum.
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_USO4: u32 = 0x20;
+pub const TUN_F_USO6: u32 = 0x40;
+
+/// Size of the virtio_net_hdr in front of every packet when IFF_VNET_HDR is on.
+pub const VNET_HDR_LEN: usize = 10;
 
 /// An open TUN device. The interface disappears when the last queue is closed, which
 /// is how the daemon's routes and addresses on it are removed on exit, even on a crash.
@@ -26,6 +40,13 @@ struct IfReqFlags {
 impl Tun {
     /// Creates (or attaches to) the TUN interface `name`.
     pub fn open(name: &str) -> io::Result<Tun> {
+        Self::open_with(name, false, false)
+    }
+
+    /// Creates (or attaches another queue to) `name`. With `multi_queue` each call
+    /// adds a queue the kernel spreads flows over; with `vnet_hdr` every packet is
+    /// preceded by a virtio_net_hdr, which offloads need.
+    pub fn open_with(name: &str, multi_queue: bool, vnet_hdr: bool) -> io::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -38,9 +59,16 @@ impl Tun {
             .open("/dev/net/tun")
             .map_err(|e| io::Error::new(e.kind(), format!("open /dev/net/tun: {e}")))?;
         let fd = OwnedFd::from(file);
+        let mut flags = IFF_TUN | IFF_NO_PI;
+        if multi_queue {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        if vnet_hdr {
+            flags |= IFF_VNET_HDR;
+        }
         let mut req = IfReqFlags {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
+            flags,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -53,7 +81,21 @@ impl Tun {
             .position(|&b| b == 0)
             .unwrap_or(libc::IFNAMSIZ);
         let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
-        Ok(Tun { fd, name })
+        let tun = Tun { fd, name };
+        if vnet_hdr {
+            let size = VNET_HDR_LEN as libc::c_int;
+            // SAFETY: TUNSETVNETHDRSZ reads an int.
+            cvt(unsafe { libc::ioctl(tun.fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) })?;
+        }
+        Ok(tun)
+    }
+
+    /// Tells the kernel which offloads we handle (TUN_F_*). It refuses flags it does
+    /// not know, so callers probe with fewer flags on error.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes the flags as the argument value.
+        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) })
+            .map(drop)
     }
 
     pub fn name(&self) -> &str {
