@@ -43,6 +43,7 @@ pub fn parse(text: &str) -> Result<Config, ParseError> {
     let mut mtu = DEFAULT_MTU;
     let mut peers: Vec<(usize, PeerConfig, bool)> = Vec::new();
     let mut seen_interface = false;
+    let mut interface_line = 0;
 
     for (idx, raw) in text.lines().enumerate() {
         let n = idx + 1;
@@ -57,6 +58,7 @@ pub fn parse(text: &str) -> Result<Config, ParseError> {
                         return Err(err(n, "more than one [Interface] section".into()));
                     }
                     seen_interface = true;
+                    interface_line = n;
                     Section::Interface
                 }
                 "[peer]" => {
@@ -150,7 +152,8 @@ pub fn parse(text: &str) -> Result<Config, ParseError> {
     if !seen_interface {
         return Err(err(0, "no [Interface] section".into()));
     }
-    let private_key = private_key.ok_or_else(|| err(0, "[Interface] has no PrivateKey".into()))?;
+    let private_key =
+        private_key.ok_or_else(|| err(interface_line, "[Interface] has no PrivateKey".into()))?;
     let mut out = Vec::with_capacity(peers.len());
     for (line, peer, has_key) in peers {
         if !has_key {

@@ -234,6 +234,7 @@ impl PeerTable {
         let packet = match self.rate_limiter.verify_packet(Some(from.ip()), dgram, out) {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(cookie)) => {
+                log::trace!("under load: cookie reply to {from}");
                 emit(Emit::Network(from, cookie));
                 return;
             }
@@ -251,9 +252,13 @@ impl PeerTable {
             Packet::PacketData(p) => self.by_index.get(&(p.receiver_idx >> 8)),
         };
         let Some(peer) = peer else {
+            log::trace!("datagram from {from} names no known peer");
             Drops::bump(&self.drops.invalid);
             return;
         };
+        if let Packet::HandshakeInit(_) | Packet::HandshakeResponse(_) = packet {
+            log::debug!("wireguard: handshake message from {:?} at {from}", peer.key);
+        }
         let mut tunn = peer.tunn.lock();
         match tunn.decapsulate(Some(from.ip()), dgram, out) {
             TunnResult::WriteToNetwork(wire) => {

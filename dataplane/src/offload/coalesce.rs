@@ -14,7 +14,9 @@
 //! Ordering: only the newest group of a flow can grow. A packet of the flow that does
 //! not join it (a pure ACK, a FIN, a gap, a changed ACK number...) closes it, so the
 //! output keeps every flow's packets in input order; outputs appear in the order of
-//! their first packet.
+//! their first packet. (Packets whose ports we do not read, IPv6 with extension headers
+//! and IPv4 non-first fragments, belong to no flow here; TCP practically never sends
+//! those, and a stray one could only be overtaken by later segments of its flow.)
 //!
 //! The work is two passes over the batch: a plan (which packets join which output,
 //! kept as a linked list of packet indices per output), then the copy into the

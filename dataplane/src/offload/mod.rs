@@ -47,7 +47,7 @@ pub mod checksum;
 mod coalesce;
 mod ip;
 #[cfg(test)]
-mod kernel_scratch;
+mod kernel_tests;
 #[cfg(test)]
 mod roundtrip_tests;
 mod segment;
