@@ -1,8 +1,12 @@
 //! The daemon role (`tailscaled`): flags, then the engine.
 
+use crate::backend::{control_loop, LocalBackend};
+use crate::conffile;
 use crate::goflag::{self, Flag, FlagError};
-use ringscale_dataplane::{wgconfig, Engine, EngineOptions};
+use ringscale_control::state::{default_state_file, resolve_state_paths, StateStore};
+use ringscale_dataplane::{wgconfig, Config, Engine, EngineOptions, Key};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 pub const FLAGS: &[Flag] = &[
     Flag::value("tun", "tailscale0", "tunnel interface name"),
@@ -14,6 +18,7 @@ pub const FLAGS: &[Flag] = &[
     Flag::bool("no-logs-no-support", "disable log uploads; ringscale never uploads logs, so this is always in effect"),
     Flag::bool("cleanup", "clean up system state and exit"),
     Flag::bool("version", "print version information and exit"),
+    Flag::value("config", "", "path to a declarative config file (Tailscale's ipn.ConfigVAlpha, Version \"alpha0\")"),
     Flag::value("wg-config", "", "take peers from this WireGuard config file instead of a control server"),
     Flag::value("workers", "0", "packet worker threads (TUN queues); 0 means one per online core"),
     Flag::bool_on("offload", "use TUN segmentation offload and UDP GSO/GRO when the kernel has them"),
@@ -67,12 +72,23 @@ pub fn main(args: &[String]) -> ExitCode {
         log::info!("cleanup: nothing to remove");
         return ExitCode::SUCCESS;
     }
+    let opts = match engine_options(&flags) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let wg_config = flags.str("wg-config");
-    if wg_config.is_empty() {
-        log::error!("no control plane yet: give peers with --wg-config FILE");
-        return ExitCode::from(1);
+    if !wg_config.is_empty() {
+        return run_wg_config(wg_config, &flags, port, opts);
     }
-    let cfg = match load_wg_config(wg_config) {
+    run_tailnet(&flags, port, opts)
+}
+
+/// Plain WireGuard: peers from a config file, no control plane.
+fn run_wg_config(path: &str, flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCode {
+    let cfg = match load_wg_config(path) {
         Ok(c) => c,
         Err(e) => {
             log::error!("{e}");
@@ -85,20 +101,7 @@ pub fn main(args: &[String]) -> ExitCode {
     } else {
         cfg.listen_port
     };
-
-    // Block the termination signals before any thread starts so that every thread
-    // inherits the mask and only sigwait below sees them.
-    let signals = termination_signals();
-    // SAFETY: `signals` is an initialised sigset_t.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
-
-    let opts = match engine_options(&flags) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let signals = block_termination_signals();
     let engine = match Engine::start(&cfg, flags.str("tun"), port, opts) {
         Ok(e) => e,
         Err(e) => {
@@ -111,6 +114,104 @@ pub fn main(args: &[String]) -> ExitCode {
     // The TUN device, its addresses and routes go with the process.
     drop(engine);
     ExitCode::SUCCESS
+}
+
+/// A tailnet node: state file, control client, engine.
+fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCode {
+    let paths = match resolve_state_paths(
+        flags.str("state"),
+        flags.str("statedir"),
+        default_state_file(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    // A corrupt state file stops the daemon: replacing it would silently throw away the
+    // node's identity.
+    let store = match StateStore::open(&paths.location) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let conf = match flags.str("config") {
+        "" => None,
+        path => match conffile::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let signals = block_termination_signals();
+    let idle = Config {
+        private_key: Key::generate_private(),
+        listen_port: 0,
+        addresses: Vec::new(),
+        mtu: ringscale_dataplane::config::DEFAULT_MTU,
+        peers: Vec::new(),
+    };
+    let engine = match Engine::start(&idle, flags.str("tun"), port, opts) {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let backend = match LocalBackend::new(store, engine, paths.ephemeral()) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(conf) = conf {
+        if let Err(e) = backend.edit_prefs(&conf.prefs) {
+            log::error!("applying --config: {e}");
+            return ExitCode::from(1);
+        }
+        if conf.auth_key.is_some() || conf.prefs.prefs.want_running {
+            backend.start_login(conf.auth_key, false);
+        }
+    }
+    let b = backend.clone();
+    let control = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("starting the control runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(control_loop::run(b));
+        });
+    if let Err(e) = control {
+        log::error!("starting the control thread: {e}");
+        return ExitCode::from(1);
+    }
+    log::info!("{} started", crate::VERSION);
+    let sig = wait_for(&signals);
+    log::info!("signal {sig}: shutting down");
+    ExitCode::SUCCESS
+}
+
+/// Blocks the termination signals before any thread starts, so that every thread
+/// inherits the mask and only [`wait_for`] sees them.
+fn block_termination_signals() -> libc::sigset_t {
+    let signals = termination_signals();
+    // SAFETY: `signals` is an initialised sigset_t.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    signals
 }
 
 fn engine_options(flags: &goflag::Parsed) -> Result<EngineOptions, FlagError> {

@@ -1,6 +1,8 @@
 //! One binary, two roles, chosen by the name it runs under (as busybox does):
 //! `tailscaled`/`ringscaled` is the daemon, `tailscale`/`ringscale` the CLI.
 
+mod backend;
+mod conffile;
 mod daemon;
 mod goflag;
 mod logging;

@@ -1,0 +1,361 @@
+//! The daemon's backend (Go's LocalBackend): one place that owns the prefs, the login,
+//! the state file, the netmap and the engine, and the control task that keeps the node
+//! registered and its netmap current. The LocalAPI reads and edits it; the control task
+//! ([`control_loop`]) runs the protocol steps from `ringscale_control::client`.
+#![allow(dead_code)] // parts are used only by the LocalAPI, which lands next
+
+pub mod control_loop;
+pub mod hostinfo;
+
+use ringscale_control::netmap::NetMap;
+use ringscale_control::prefs::{LoginProfile, MaskedPrefs, Prefs};
+use ringscale_control::state::{new_profile_id, StateError, StateStore};
+use ringscale_control::tailcfg::{PrivateKey, UserProfile};
+use ringscale_dataplane::{Config, Engine};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, Notify};
+
+/// ipn.State, with Go's numbering (it appears as a number in Notify JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendState {
+    NoState = 0,
+    NeedsLogin = 2,
+    NeedsMachineAuth = 3,
+    Stopped = 4,
+    Starting = 5,
+    Running = 6,
+}
+
+impl BackendState {
+    /// The name `tailscale status --json` shows as BackendState.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::NoState => "NoState",
+            BackendState::NeedsLogin => "NeedsLogin",
+            BackendState::NeedsMachineAuth => "NeedsMachineAuth",
+            BackendState::Stopped => "Stopped",
+            BackendState::Starting => "Starting",
+            BackendState::Running => "Running",
+        }
+    }
+}
+
+/// What the backend tells watchers (the IPN bus).
+#[derive(Clone, Debug)]
+pub enum Event {
+    State(BackendState),
+    BrowseToUrl(String),
+    Prefs(Box<Prefs>),
+    NetMap,
+    Error(String),
+    LoginFinished,
+}
+
+/// Mutable state behind one lock; never held across an await.
+pub struct Inner {
+    pub store: StateStore,
+    pub machine_key: PrivateKey,
+    pub profile: LoginProfile,
+    pub prefs: Prefs,
+    pub state: BackendState,
+    pub netmap: Option<Arc<NetMap>>,
+    /// The last configuration given to the engine, to skip identical reconfigurations.
+    pub engine_config: Option<Config>,
+    pub auth_url: String,
+    /// An auth key for the next registration (from `up --auth-key` or `--config`);
+    /// kept in memory only, as Go does.
+    pub auth_key: Option<String>,
+    /// The persisted node key is not (or no longer) registered: register before polling.
+    pub need_register: bool,
+    /// Bumped whenever the control task must drop its session and start over (login,
+    /// logout, a new control URL, up/down).
+    pub generation: u64,
+    pub ephemeral: bool,
+    pub last_error: String,
+}
+
+pub struct LocalBackend {
+    inner: Mutex<Inner>,
+    /// Wakes the control task: prefs or login changed.
+    pub wake: Notify,
+    pub bus: broadcast::Sender<Event>,
+    pub engine: Engine,
+    /// A key for the engine while logged out, so it never runs with a registered key
+    /// that control no longer knows.
+    idle_key: PrivateKey,
+}
+
+#[derive(Debug)]
+pub enum BackendError {
+    State(StateError),
+    Engine(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::State(e) => write!(f, "{e}"),
+            BackendError::Engine(e) => write!(f, "data plane: {e}"),
+            BackendError::Invalid(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<StateError> for BackendError {
+    fn from(e: StateError) -> Self {
+        BackendError::State(e)
+    }
+}
+
+impl LocalBackend {
+    /// Loads the login and prefs from `store` and decides the starting state.
+    pub fn new(
+        mut store: StateStore,
+        engine: Engine,
+        ephemeral: bool,
+    ) -> Result<LocalBackend, BackendError> {
+        let machine_key = store.load_or_create_machine_key()?;
+        let (profile, prefs) = match store.current_profile()? {
+            Some(p) => p,
+            None => {
+                let known = store.known_profiles()?;
+                let id = new_profile_id(&known);
+                let profile = LoginProfile {
+                    key: format!("profile-{id}"),
+                    id,
+                    ..Default::default()
+                };
+                (profile, Prefs::default())
+            }
+        };
+        let logged_in = prefs.node_private_key().is_some() && !prefs.logged_out;
+        let state = match (logged_in, prefs.want_running) {
+            (false, _) => BackendState::NeedsLogin,
+            (true, false) => BackendState::Stopped,
+            (true, true) => BackendState::Starting,
+        };
+        let (bus, _) = broadcast::channel(64);
+        Ok(LocalBackend {
+            inner: Mutex::new(Inner {
+                store,
+                machine_key,
+                profile,
+                prefs,
+                state,
+                netmap: None,
+                engine_config: None,
+                auth_url: String::new(),
+                auth_key: None,
+                need_register: !logged_in,
+                generation: 0,
+                ephemeral,
+                last_error: String::new(),
+            }),
+            wake: Notify::new(),
+            bus,
+            engine,
+            idle_key: PrivateKey::generate(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is a bug elsewhere; the state is still the
+        // best we have, so keep serving it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn publish(&self, ev: Event) {
+        let _ = self.bus.send(ev);
+    }
+
+    pub fn set_state(&self, inner: &mut Inner, state: BackendState) {
+        if inner.state != state {
+            log::info!("state: {} -> {}", inner.state.as_str(), state.as_str());
+            inner.state = state;
+            self.publish(Event::State(state));
+        }
+    }
+
+    /// Persists the current profile and prefs; the store writes only if bytes changed.
+    pub fn save(&self, inner: &mut Inner) -> Result<(), BackendError> {
+        if inner.ephemeral {
+            return Ok(());
+        }
+        let (profile, prefs) = (inner.profile.clone(), inner.prefs.clone());
+        inner.store.save_profile(&profile, &prefs)?;
+        Ok(())
+    }
+
+    /// Tells the control task to start over with the current prefs and login.
+    pub fn restart_control(&self, inner: &mut Inner) {
+        inner.generation += 1;
+        self.wake.notify_one();
+    }
+
+    /// Pushes the configuration for the current netmap and prefs into the engine, or an
+    /// empty one when not running.
+    pub fn reconfigure_engine(&self, inner: &mut Inner) {
+        let cfg = match (
+            &inner.netmap,
+            inner.prefs.want_running && inner.state == BackendState::Running,
+        ) {
+            (Some(nm), true) => match ringscale_control::netmap::dataplane_config(nm, &inner.prefs)
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("netmap gives no data-plane configuration: {e}");
+                    return;
+                }
+            },
+            _ => self.idle_config(inner),
+        };
+        if inner.engine_config.as_ref() == Some(&cfg) {
+            return;
+        }
+        if let Err(e) = self.engine.reconfigure(&cfg) {
+            log::error!("applying the netmap to the data plane: {e}");
+            inner.last_error = e.to_string();
+            return;
+        }
+        log::debug!(
+            "data plane: {} peers, {} addresses",
+            cfg.peers.len(),
+            cfg.addresses.len()
+        );
+        inner.engine_config = Some(cfg);
+    }
+
+    /// No peers and no addresses: what a stopped or logged-out node forwards.
+    pub fn idle_config(&self, inner: &Inner) -> Config {
+        let key = inner.prefs.node_private_key().unwrap_or(self.idle_key);
+        Config {
+            private_key: key.0,
+            listen_port: 0,
+            addresses: Vec::new(),
+            mtu: ringscale_dataplane::config::DEFAULT_MTU,
+            peers: Vec::new(),
+        }
+    }
+
+    /// Applies a prefs edit (LocalAPI PATCH /prefs, `tailscale set`, `up`), persists it,
+    /// and makes the control task and the engine follow.
+    pub fn edit_prefs(&self, mp: &MaskedPrefs) -> Result<Prefs, BackendError> {
+        let mut inner = self.lock();
+        let before = inner.prefs.clone();
+        inner.prefs.apply_edits(mp);
+        // Persisted login is never edited through prefs.
+        inner.prefs.persist = before.persist.clone();
+        self.save(&mut inner)?;
+        self.after_prefs_change(&mut inner, &before);
+        let prefs = inner.prefs.clone();
+        self.publish(Event::Prefs(Box::new(prefs.clone())));
+        Ok(prefs)
+    }
+
+    fn after_prefs_change(&self, inner: &mut Inner, before: &Prefs) {
+        let p = inner.prefs.clone();
+        let logged_in = p.node_private_key().is_some() && !p.logged_out;
+        if p.control_url != before.control_url && !before.control_url.is_empty() {
+            // A different control server means a different login.
+            inner.need_register = true;
+        }
+        match (p.want_running, before.want_running) {
+            (false, true) if logged_in => self.set_state(inner, BackendState::Stopped),
+            (true, false) if logged_in => self.set_state(inner, BackendState::Starting),
+            _ => {}
+        }
+        let hostinfo_changed = p.hostname != before.hostname
+            || p.advertise_routes != before.advertise_routes
+            || p.advertise_tags != before.advertise_tags
+            || p.shields_up != before.shields_up;
+        if p.want_running != before.want_running
+            || p.control_url != before.control_url
+            || hostinfo_changed
+        {
+            self.restart_control(inner);
+        }
+        self.reconfigure_engine(inner);
+    }
+
+    /// `tailscale up`/`login`: remember the auth key for the next registration and start.
+    pub fn start_login(&self, auth_key: Option<String>, force_reauth: bool) {
+        let mut inner = self.lock();
+        if let Some(k) = auth_key.filter(|k| !k.is_empty()) {
+            inner.auth_key = Some(k);
+            inner.need_register = true;
+        }
+        if force_reauth || inner.prefs.node_private_key().is_none() || inner.prefs.logged_out {
+            inner.need_register = true;
+        }
+        inner.prefs.want_running = true;
+        if inner.need_register {
+            self.set_state(&mut inner, BackendState::NeedsLogin);
+        } else if inner.state != BackendState::Running {
+            self.set_state(&mut inner, BackendState::Starting);
+        }
+        let _ = self.save(&mut inner);
+        self.restart_control(&mut inner);
+    }
+
+    /// Records a completed registration: the node key becomes the persisted login.
+    pub fn commit_login(
+        &self,
+        node_key: PrivateKey,
+        old_key: PrivateKey,
+        user: UserProfile,
+    ) -> Result<(), BackendError> {
+        let mut inner = self.lock();
+        let mut persist = inner.prefs.persist.clone().unwrap_or_default();
+        persist.private_node_key = node_key;
+        persist.old_private_node_key = old_key;
+        persist.user_profile = user.clone();
+        inner.prefs.persist = Some(persist);
+        inner.prefs.logged_out = false;
+        inner.prefs.want_running = true;
+        inner.profile.user_profile = user.clone();
+        inner.profile.name = user.login_name.clone();
+        inner.profile.control_url = inner.prefs.control_url.clone();
+        inner.need_register = false;
+        inner.auth_url.clear();
+        inner.auth_key = None;
+        self.save(&mut inner)?;
+        self.set_state(&mut inner, BackendState::Starting);
+        self.publish(Event::LoginFinished);
+        Ok(())
+    }
+
+    /// Forgets the login locally (after control was told): prefs say logged out, the
+    /// profile is deleted, the engine stops forwarding.
+    pub fn forget_login(&self) -> Result<(), BackendError> {
+        let mut inner = self.lock();
+        inner.prefs.want_running = false;
+        inner.prefs.logged_out = true;
+        inner.prefs.persist = None;
+        inner.netmap = None;
+        inner.need_register = true;
+        inner.auth_key = None;
+        if !inner.ephemeral {
+            let id = inner.profile.id.clone();
+            inner.store.delete_profile(&id)?;
+        }
+        let known = inner.store.known_profiles()?;
+        let id = new_profile_id(&known);
+        let control_url = inner.prefs.control_url.clone();
+        inner.profile = LoginProfile {
+            key: format!("profile-{id}"),
+            id,
+            ..Default::default()
+        };
+        // Keep pointing at the same control server, as Go's new profile does.
+        inner.prefs = Prefs {
+            control_url,
+            logged_out: true,
+            ..Prefs::default()
+        };
+        self.set_state(&mut inner, BackendState::NeedsLogin);
+        self.reconfigure_engine(&mut inner);
+        self.restart_control(&mut inner);
+        Ok(())
+    }
+}
