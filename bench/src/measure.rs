@@ -1,0 +1,182 @@
+//! Counters read around each iperf3 run: CPU time of the tunnel processes, the machine's
+//! CPU use, UDP receive-buffer drops per namespace, and the tunnel interfaces' drops.
+
+use std::time::{Duration, Instant};
+
+use ringscale_tests::testbed::Netns;
+
+use crate::bed::Bed;
+
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of a process (all its threads, living and dead), in clock ticks.
+pub fn process_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_ticks(&text)
+}
+
+/// Fields after the command name, which is in parentheses and may itself hold spaces
+/// or parentheses: the last ')' ends it. utime and stime are fields 14 and 15.
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state).
+    let utime: u64 = f.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = f.get(15 - 3)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Busy clock ticks of all CPUs together, from /proc/stat.
+pub fn machine_busy_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_ticks(&text).map(|(busy, _total)| busy)
+}
+
+/// (busy, total) ticks from the aggregate `cpu` line.
+fn parse_machine_ticks(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+/// How many cores the machine keeps busy over `window` (other people's builds included).
+pub fn busy_cores_over(window: Duration) -> Option<f64> {
+    let b0 = machine_busy_ticks()?;
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let b1 = machine_busy_ticks()?;
+    Some((b1 - b0) as f64 / clock_ticks_per_s() / start.elapsed().as_secs_f64())
+}
+
+/// The `Udp:` counters of /proc/net/snmp as seen inside a namespace.
+pub fn udp_rcvbuf_errors(ns: &Netns) -> Option<u64> {
+    let out = ns.command("cat").arg("/proc/net/snmp").output().ok()?;
+    parse_snmp(
+        &String::from_utf8_lossy(&out.stdout),
+        "Udp:",
+        "RcvbufErrors",
+    )
+}
+
+fn parse_snmp(text: &str, proto: &str, field: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(proto));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let i = header.split_whitespace().position(|h| h == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// rx_dropped + tx_dropped of an interface inside a namespace.
+pub fn iface_drops(ns: &Netns, ifname: &str) -> Option<u64> {
+    let out = ns
+        .command("ip")
+        .args(["-s", "-j", "link", "show", "dev", ifname])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = &v.get(0)?["stats64"];
+    Some(s["rx"]["dropped"].as_u64()? + s["tx"]["dropped"].as_u64()?)
+}
+
+/// Counters taken before and after a run.
+pub struct Snapshot {
+    at: Instant,
+    tunnel_ticks: Option<u64>,
+    machine_busy: Option<u64>,
+    rcvbuf_errors: Option<u64>,
+    tun_drops: Option<u64>,
+}
+
+fn sum_opt(it: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    it.sum()
+}
+
+impl Snapshot {
+    pub fn take(bed: &Bed) -> Snapshot {
+        let hosts = bed.hosts();
+        Snapshot {
+            at: Instant::now(),
+            tunnel_ticks: if bed.tunnel.is_empty() {
+                None
+            } else {
+                sum_opt(bed.tunnel_pids().into_iter().map(process_ticks))
+            },
+            machine_busy: machine_busy_ticks(),
+            rcvbuf_errors: sum_opt(hosts.iter().map(|h| udp_rcvbuf_errors(&h.ns))),
+            tun_drops: if bed.tun_ifaces.is_empty() {
+                None
+            } else {
+                sum_opt(
+                    bed.tun_ifaces
+                        .iter()
+                        .map(|t| iface_drops(&hosts[t.host].ns, &t.name)),
+                )
+            },
+        }
+    }
+}
+
+/// What changed between two snapshots.
+pub struct Delta {
+    pub wall_s: f64,
+    /// CPU seconds of the tunnel processes; None for the kernel-only veth case.
+    pub tunnel_cpu_s: Option<f64>,
+    pub machine_busy_cores: Option<f64>,
+    pub udp_rcvbuf_errors: Option<u64>,
+    pub tun_drops: Option<u64>,
+}
+
+pub fn delta(a: &Snapshot, b: &Snapshot) -> Delta {
+    let hz = clock_ticks_per_s();
+    let wall_s = b.at.duration_since(a.at).as_secs_f64();
+    let diff = |x: Option<u64>, y: Option<u64>| Some(y?.saturating_sub(x?));
+    Delta {
+        wall_s,
+        tunnel_cpu_s: diff(a.tunnel_ticks, b.tunnel_ticks).map(|t| t as f64 / hz),
+        machine_busy_cores: diff(a.machine_busy, b.machine_busy).map(|t| t as f64 / hz / wall_s),
+        udp_rcvbuf_errors: diff(a.rcvbuf_errors, b.rcvbuf_errors),
+        tun_drops: diff(a.tun_drops, b.tun_drops),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_command_name() {
+        let stat = "1234 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 3 0";
+        assert_eq!(parse_stat_ticks(stat), Some(280));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn snmp_udp_field() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 10 0 7 9 5 0\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 99\n";
+        assert_eq!(parse_snmp(text, "Udp:", "RcvbufErrors"), Some(5));
+        assert_eq!(parse_snmp(text, "Udp:", "Nope"), None);
+    }
+
+    #[test]
+    fn machine_busy_excludes_idle_and_iowait() {
+        let text = "cpu  100 0 50 1000 10 0 5 0 0 0\ncpu0 1 2 3\n";
+        assert_eq!(parse_machine_ticks(text), Some((155, 1165)));
+    }
+}
