@@ -2,5 +2,7 @@
 //! joined by veth pairs, processes started inside them, and cleanup that runs also when
 //! a test fails or panics. Only addresses inside the namespaces made here are used.
 
+pub mod caddytail;
+pub mod control_server;
 pub mod testbed;
 pub mod wgpeer;
