@@ -3,8 +3,10 @@
 use crate::backend::{control_loop, LocalBackend};
 use crate::conffile;
 use crate::goflag::{self, Flag, FlagError};
+use crate::localapi;
 use ringscale_control::state::{default_state_file, resolve_state_paths, StateStore};
 use ringscale_dataplane::{wgconfig, Config, Engine, EngineOptions, Key};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ pub const FLAGS: &[Flag] = &[
     Flag::value("wg-config", "", "take peers from this WireGuard config file instead of a control server"),
     Flag::value("workers", "0", "packet worker threads (TUN queues); 0 means one per online core"),
     Flag::bool_on("offload", "use TUN segmentation offload and UDP GSO/GRO when the kernel has them"),
+    Flag::value("io", "auto", "packet I/O backend: auto (io_uring where the kernel allows it, else epoll), io_uring, or epoll"),
 ];
 
 pub fn main(args: &[String]) -> ExitCode {
@@ -69,7 +72,12 @@ pub fn main(args: &[String]) -> ExitCode {
         // Everything the daemon puts on the host so far lives on its TUN device, which
         // the kernel removes with the process; later host state (routes in table 52,
         // rules, netfilter, DNS) is cleaned here.
-        log::info!("cleanup: nothing to remove");
+        cleanup_dns(&flags);
+        // Policy rules, table 52 and our netfilter chains (issue 8).
+        if let Err(e) = ringscale_dataplane::router::cleanup() {
+            log::warn!("cleanup: routing/netfilter: {e}");
+        }
+        log::info!("cleanup: done");
         return ExitCode::SUCCESS;
     }
     let opts = match engine_options(&flags) {
@@ -155,6 +163,7 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
         addresses: Vec::new(),
         mtu: ringscale_dataplane::config::DEFAULT_MTU,
         peers: Vec::new(),
+        filter: None,
     };
     let engine = match Engine::start(&idle, flags.str("tun"), port, opts) {
         Ok(e) => e,
@@ -163,7 +172,11 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
             return ExitCode::from(1);
         }
     };
-    let backend = match LocalBackend::new(store, engine, paths.ephemeral()) {
+    let dns = crate::backend::dns::Dns::new(
+        crate::backend::dns::RESOLV_CONF.into(),
+        paths.var_root.as_deref(),
+    );
+    let backend = match LocalBackend::new(store, engine, paths.ephemeral(), dns) {
         Ok(b) => Arc::new(b),
         Err(e) => {
             log::error!("{e}");
@@ -179,6 +192,13 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
             backend.start_login(conf.auth_key, false);
         }
     }
+    let socket = match localapi::server::listen(Path::new(flags.str("socket"))) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("LocalAPI socket {}: {e}", flags.str("socket"));
+            return ExitCode::from(1);
+        }
+    };
     let b = backend.clone();
     let control = std::thread::Builder::new()
         .name("control".into())
@@ -193,7 +213,15 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
                     return;
                 }
             };
-            rt.block_on(control_loop::run(b));
+            // The LocalAPI and the control client share this one thread.
+            let local = tokio::task::LocalSet::new();
+            local.spawn_local(control_loop::run(b.clone()));
+            local.spawn_local(async move {
+                if let Err(e) = localapi::server::serve(socket, std::rc::Rc::new(b)).await {
+                    log::error!("LocalAPI: {e}");
+                }
+            });
+            rt.block_on(local);
         });
     if let Err(e) = control {
         log::error!("starting the control thread: {e}");
@@ -202,7 +230,27 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
     log::info!("{} started", crate::VERSION);
     let sig = wait_for(&signals);
     log::info!("signal {sig}: shutting down");
+    backend.dns.shutdown();
+    backend.shutdown_host();
     ExitCode::SUCCESS
+}
+
+/// `--cleanup`: puts back the resolv.conf a crashed run left pointing at quad-100.
+fn cleanup_dns(flags: &goflag::Parsed) {
+    use crate::backend::dns::{cleanup, BACKUP_NAME, RESOLV_CONF};
+    let Ok(paths) = resolve_state_paths(
+        flags.str("state"),
+        flags.str("statedir"),
+        default_state_file(),
+    ) else {
+        return;
+    };
+    let Some(dir) = paths.var_root else { return };
+    match cleanup(std::path::Path::new(RESOLV_CONF), &dir.join(BACKUP_NAME)) {
+        Ok(true) => log::info!("cleanup: restored {RESOLV_CONF}"),
+        Ok(false) => {}
+        Err(e) => log::warn!("cleanup: restoring {RESOLV_CONF}: {e}"),
+    }
 }
 
 /// Blocks the termination signals before any thread starts, so that every thread
@@ -218,6 +266,10 @@ fn engine_options(flags: &goflag::Parsed) -> Result<EngineOptions, FlagError> {
     Ok(EngineOptions {
         workers: flags.num("workers")?,
         offload: flags.bool("offload"),
+        io: flags
+            .str("io")
+            .parse()
+            .map_err(|e| FlagError::Message(format!("invalid value for flag -io: {e}")))?,
     })
 }
 

@@ -2,9 +2,11 @@
 //! `tailscaled`/`ringscaled` is the daemon, `tailscale`/`ringscale` the CLI.
 
 mod backend;
+mod cmd;
 mod conffile;
 mod daemon;
 mod goflag;
+mod localapi;
 mod logging;
 
 use std::ffi::OsStr;
@@ -56,24 +58,7 @@ fn main() -> ExitCode {
     let rest = if skip_first { &rest[1..] } else { &rest[..] };
     match role {
         Role::Daemon => daemon::main(rest),
-        Role::Cli => cli_main(rest),
-    }
-}
-
-fn cli_main(args: &[String]) -> ExitCode {
-    match args.first().map(String::as_str) {
-        Some("version") | Some("--version") | Some("-version") => {
-            println!("{VERSION}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("tailscale: unknown subcommand {other:?}");
-            ExitCode::from(1)
-        }
-        None => {
-            eprintln!("usage: tailscale <subcommand> [flags]\n  version   print the version");
-            ExitCode::from(1)
-        }
+        Role::Cli => cmd::main(rest),
     }
 }
 

@@ -8,7 +8,7 @@
 
 use crate::ipnstate::Status;
 use crate::prefs::Prefs;
-use crate::tailcfg::{CapMap, Node, UserProfile};
+use crate::tailcfg::{nullable, CapMap, Node, UserProfile};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -206,7 +206,11 @@ pub struct WhoIsResponse {
     #[serde(rename = "UserProfile")]
     pub user_profile: UserProfile,
     /// Peer capabilities granted by the packet filter (`tailcfg.PeerCapMap`).
-    #[serde(rename = "CapMap", serialize_with = "null_if_empty_map")]
+    #[serde(
+        rename = "CapMap",
+        deserialize_with = "nullable",
+        serialize_with = "null_if_empty_map"
+    )]
     pub cap_map: CapMap,
 }
 

@@ -525,6 +525,9 @@ pub fn dataplane_config(netmap: &NetMap, prefs: &Prefs) -> Result<Config, Config
         addresses,
         mtu: DEFAULT_MTU,
         peers,
+        // Without the host's interface list (the daemon passes it): an exit node's
+        // LAN is then refused only where it is in a private range.
+        filter: Some(crate::hostconfig::filter_config(netmap, prefs, &[])),
     })
 }
 

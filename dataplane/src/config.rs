@@ -17,6 +17,9 @@ pub struct Config {
     pub addresses: Vec<IfAddr>,
     pub mtu: u16,
     pub peers: Vec<PeerConfig>,
+    /// The packet filter for traffic from the tunnel. None lets everything through,
+    /// as plain WireGuard does; a tailnet node always has one (from the netmap).
+    pub filter: Option<crate::filter::FilterConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -6,12 +6,12 @@
 use crate::config::{Config, IfAddr};
 use crate::sys::tun::{Tun, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use crate::sys::{netlink, udp};
-use crate::wireguard::{Drops, Emit, PeerTable, MIN_OUT_BUF};
-use crate::worker::{self, Offloads, TableSlot};
+use crate::wireguard::{Drops, Emit, OffPath, PeerTable, MIN_OUT_BUF};
+use crate::worker::{self, IoBackend, Offloads, TableSlot};
 use ip_network::IpNetwork;
 use parking_lot::Mutex;
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ pub struct EngineOptions {
     pub workers: usize,
     /// Use TUN segmentation offload and UDP GSO/GRO where the kernel has them.
     pub offload: bool,
+    /// Packet I/O backend; `Auto` picks io_uring where the kernel allows it.
+    pub io: IoBackend,
 }
 
 impl Default for EngineOptions {
@@ -29,6 +31,7 @@ impl Default for EngineOptions {
         EngineOptions {
             workers: 0,
             offload: true,
+            io: IoBackend::Auto,
         }
     }
 }
@@ -40,14 +43,37 @@ pub struct Engine {
     ifindex: u32,
     port: u16,
     offloads: Offloads,
+    backend: IoBackend,
+    /// The io_uring workers, stopped (cleanly, before the TUN goes) when the engine is
+    /// dropped.
+    #[cfg(feature = "io-uring")]
+    _uring: Option<crate::uring::Workers>,
     /// What we put on the host, so a new configuration changes only the difference.
     host: Mutex<HostState>,
+    /// For the control thread: the WireGuard port's socket (disco and STUN must leave
+    /// from it so NAT mappings match), and a TUN queue for packets that arrived by DERP.
+    off_path: OffPathIo,
+    /// MagicDNS on 100.100.100.100 (None if it could not start).
+    #[cfg(feature = "dns")]
+    quad100: Option<crate::dns::quad100::Quad100>,
+}
+
+/// The control thread's own handles on the packet path (disco, STUN, DERP).
+struct OffPathIo {
+    udp: UdpSocket,
+    udp_v6: bool,
+    /// A TUN queue and a decryption buffer for packets relayed by DERP.
+    tun: Mutex<(Tun, Vec<u8>)>,
+    /// The TUN expects a virtio_net_hdr in front of every write.
+    tun_vnet_hdr: bool,
 }
 
 #[derive(Default)]
 struct HostState {
     addresses: Vec<IfAddr>,
     routes: Vec<IpNetwork>,
+    /// The policy router (table 52) owns routing; put no routes in main.
+    main_routes_off: bool,
 }
 
 /// Opens the first TUN queue, with the offloads the kernel accepts. A kernel that
@@ -86,6 +112,11 @@ impl Engine {
                 .unwrap_or(1),
             n => n,
         };
+        let (backend, fallback) = worker::choose_backend(opts.io, uring_probe)
+            .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        if let Some(why) = fallback {
+            log::info!("io_uring unavailable ({why}); using the epoll backend");
+        }
         let multi = workers > 1;
         let (first, mut offloads) = open_tun(tun_name, multi, opts.offload)?;
         let name = first.name().to_string();
@@ -104,21 +135,50 @@ impl Engine {
         for _ in 1..workers {
             socks.push(udp::bind_reuseport(port)?);
         }
+        // Our WireGuard UDP must bypass table 52, or it would loop into the tunnel
+        // once an exit node takes the default route.
+        for s in &socks {
+            crate::router::mark_socket(s);
+        }
         offloads.udp_gso = opts.offload && udp::gso_supported(&socks[0]);
         offloads.udp_gro = opts.offload && socks.iter().all(udp::enable_gro);
 
-        let engine = Engine {
+        #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
+        let mut engine = Engine {
             table: Arc::new(Mutex::new(Arc::new(PeerTable::new(cfg, None)))),
             tun_name: name,
             ifindex,
             port,
             offloads,
+            backend,
+            #[cfg(feature = "io-uring")]
+            _uring: None,
             host: Mutex::new(HostState::default()),
+            off_path: OffPathIo {
+                udp: socks[0].try_clone()?,
+                udp_v6: socks[0].local_addr()?.is_ipv6(),
+                tun: Mutex::new((queues[0].try_clone()?, vec![0u8; 65_536 + 64])),
+                tun_vnet_hdr: offloads.tun_tso,
+            },
+            #[cfg(feature = "dns")]
+            quad100: None,
         };
         engine.apply_host(cfg)?;
+        #[cfg(feature = "dns")]
+        engine.start_quad100(&queues[0], cfg.mtu);
 
         let timer_sock = socks[0].try_clone()?;
+        #[cfg(feature = "io-uring")]
+        let mut uring = match backend {
+            IoBackend::IoUring => Some(crate::uring::Workers::new()?),
+            _ => None,
+        };
         for (i, (tun, sock)) in queues.into_iter().zip(socks).enumerate() {
+            #[cfg(feature = "io-uring")]
+            if let Some(w) = uring.as_mut() {
+                w.spawn(i, engine.table.clone(), tun, sock, offloads)?;
+                continue;
+            }
             let (tun_rx, sock_rx) = (tun.try_clone()?, sock.try_clone()?);
             let slot = engine.table.clone();
             std::thread::Builder::new()
@@ -129,12 +189,16 @@ impl Engine {
                 .name(format!("net-to-tun-{i}"))
                 .spawn(move || worker::network_to_tun(&slot, &tun_rx, &sock_rx, offloads))?;
         }
+        #[cfg(feature = "io-uring")]
+        {
+            engine._uring = uring;
+        }
         let slot = engine.table.clone();
         std::thread::Builder::new()
             .name("timers".into())
             .spawn(move || timer_loop(&slot, &timer_sock))?;
         log::info!(
-            "wireguard: {} up, mtu {}, udp port {}, {} peers, {workers} workers, offloads {:?}",
+            "wireguard: {} up, mtu {}, udp port {}, {} peers, {workers} workers ({backend}), offloads {:?}",
             engine.tun_name,
             cfg.mtu,
             engine.port,
@@ -156,8 +220,70 @@ impl Engine {
         self.offloads
     }
 
+    /// The packet I/O backend the workers run (never `Auto`).
+    pub fn backend(&self) -> IoBackend {
+        self.backend
+    }
+
     pub fn table(&self) -> Arc<PeerTable> {
         self.table.lock().clone()
+    }
+
+    /// Hands disco/STUN datagrams and DERP-bound packets to `hook` (the control
+    /// thread). Without it they are dropped, as plain WireGuard would.
+    pub fn set_off_path(&self, hook: Arc<dyn OffPath>) {
+        self.table().set_off_path(hook);
+    }
+
+    /// Sends a datagram from the WireGuard port (disco, STUN). Never blocks for long:
+    /// a UDP send only waits for socket buffer space.
+    pub fn send_udp(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        let to = udp::for_socket(self.off_path.udp_v6, to);
+        self.off_path.udp.send_to(datagram, to).map(drop)
+    }
+
+    /// A WireGuard message that arrived through DERP `region`: decrypt it as if it had
+    /// come over UDP from the region's pseudo address, and write what it carries to the
+    /// TUN. Replies (handshakes) go out on the peer's path.
+    pub fn receive_relayed(&self, region: u16, packet: &[u8]) {
+        let from = crate::disco::derp_addr(region);
+        let table = self.table();
+        let mut guard = self.off_path.tun.lock();
+        let (tun, buf) = &mut *guard;
+        let hdr = if self.off_path.tun_vnet_hdr {
+            crate::offload::VNET_HDR_LEN
+        } else {
+            0
+        };
+        if buf.len() < hdr + packet.len() + MIN_OUT_BUF {
+            return;
+        }
+        let sock = &self.off_path.udp;
+        let udp_v6 = self.off_path.udp_v6;
+        let mut tun_range = None;
+        let base = buf.as_ptr() as usize;
+        table.decapsulate(from, packet, &mut buf[hdr..], &mut |e| match e {
+            Emit::Network(to, wire) => {
+                if let Err(e) = sock.send_to(wire, udp::for_socket(udp_v6, to)) {
+                    log::debug!("send to {to}: {e}");
+                }
+            }
+            Emit::Tun(pkt) => {
+                let start = pkt.as_ptr() as usize - base;
+                tun_range = Some(start..start + pkt.len());
+            }
+        });
+        let Some(r) = tun_range else {
+            return;
+        };
+        // A zero virtio_net_hdr says "one plain packet, checksums done".
+        let Some(start) = r.start.checked_sub(hdr) else {
+            return;
+        };
+        buf[start..r.start].fill(0);
+        if let Err(e) = tun.write(&buf[start..r.end]) {
+            log::debug!("write relayed packet to {}: {e}", tun.name());
+        }
     }
 
     pub fn drops(&self) -> Arc<Drops> {
@@ -172,6 +298,63 @@ impl Engine {
         *slot = next;
         drop(slot);
         self.apply_host(cfg)
+    }
+
+    /// Starts quad-100 and routes its two addresses into the TUN. A failure costs
+    /// MagicDNS, not the tunnel: it is logged and the engine runs on.
+    #[cfg(feature = "dns")]
+    fn start_quad100(&mut self, tun: &Tun, mtu: u16) {
+        use crate::dns::{quad100::Quad100, QUAD100_V4, QUAD100_V6};
+        let svc = match tun
+            .try_clone()
+            .and_then(|t| Quad100::start(t, self.offloads.tun_tso, mtu))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("quad-100 (MagicDNS) not started: {e}");
+                return;
+            }
+        };
+        self.table().set_local_service(svc.local_service());
+        for net in [
+            IpNetwork::new(QUAD100_V4, 32).expect("a /32"),
+            IpNetwork::new(QUAD100_V6, 128).expect("a /128"),
+        ] {
+            if let Err(e) = netlink::add_route(self.ifindex, net, netlink::TABLE_MAIN) {
+                log::warn!("quad-100: route {net} into {}: {e}", self.tun_name);
+            }
+        }
+        self.quad100 = Some(svc);
+    }
+
+    /// Gives quad-100 a new resolver configuration (from the netmap).
+    #[cfg(feature = "dns")]
+    pub fn set_dns(&self, cfg: crate::dns::ResolverConfig) {
+        if let Some(q) = &self.quad100 {
+            q.set_config(cfg);
+        }
+    }
+
+    /// quad-100's current resolver (for the PeerAPI DNS server), if it runs.
+    #[cfg(feature = "dns")]
+    pub fn dns_resolver(&self) -> Option<Arc<crate::dns::Resolver>> {
+        self.quad100.as_ref().map(|q| q.resolver())
+    }
+
+    /// Leaves routing to the policy router (`router::Router`, table 52): removes the
+    /// routes this engine put in the main table and adds none from now on.
+    pub fn leave_routes_to_router(&self) -> io::Result<()> {
+        let mut host = self.host.lock();
+        host.main_routes_off = true;
+        for r in std::mem::take(&mut host.routes) {
+            netlink::del_route(self.ifindex, r, netlink::TABLE_MAIN)?;
+        }
+        Ok(())
+    }
+
+    /// The TUN device's interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     fn apply_host(&self, cfg: &Config) -> io::Result<()> {
@@ -189,7 +372,11 @@ impl Engine {
         }
         host.addresses = cfg.addresses.clone();
 
-        let wanted = routes_for(cfg);
+        let wanted = if host.main_routes_off {
+            Vec::new()
+        } else {
+            routes_for(cfg)
+        };
         for r in &host.routes {
             if !wanted.contains(r) {
                 netlink::del_route(self.ifindex, *r, netlink::TABLE_MAIN)?;
@@ -204,6 +391,16 @@ impl Engine {
         host.routes = wanted;
         Ok(())
     }
+}
+
+#[cfg(feature = "io-uring")]
+fn uring_probe() -> Result<(), String> {
+    crate::uring::probe()
+}
+
+#[cfg(not(feature = "io-uring"))]
+fn uring_probe() -> Result<(), String> {
+    Err("this build has no io_uring support (cargo feature io-uring)".into())
 }
 
 /// Routes for the peers' AllowedIPs. Default routes are left out: sending everything

@@ -7,10 +7,16 @@
 
 pub mod allowed_ips;
 pub mod config;
+pub mod disco;
+pub mod dns;
 pub mod engine;
+pub mod filter;
 pub mod key;
 pub mod offload;
+pub mod router;
 pub mod sys;
+#[cfg(feature = "io-uring")]
+pub mod uring;
 pub mod wgconfig;
 pub mod wireguard;
 pub mod worker;
@@ -18,3 +24,4 @@ pub mod worker;
 pub use config::{Config, IfAddr, PeerConfig};
 pub use engine::{Engine, EngineOptions};
 pub use key::Key;
+pub use worker::IoBackend;

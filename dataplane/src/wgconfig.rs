@@ -173,6 +173,7 @@ pub fn parse(text: &str) -> Result<Config, ParseError> {
         addresses,
         mtu,
         peers: out,
+        filter: None,
     })
 }
 

@@ -4,6 +4,7 @@
 
 use crate::allowed_ips::AllowedIps;
 use crate::config::Config;
+use crate::filter::{Filter, Verdict};
 use crate::Key;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -14,8 +15,9 @@ use ip_network::IpNetwork;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 /// Handshakes per second above which we answer with cookies (WireGuard's "under load").
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -34,6 +36,49 @@ pub enum Emit<'a> {
     Tun(&'a [u8]),
 }
 
+/// Where packets go that leave the per-packet path: the control thread, which runs
+/// disco, STUN and the DERP connections. Implementations copy what they need and hand
+/// it over without blocking (a full queue drops the packet).
+pub trait OffPath: Send + Sync {
+    /// A datagram on the WireGuard socket that is disco or STUN, not WireGuard.
+    fn non_wireguard(&self, from: SocketAddr, datagram: &[u8]);
+    /// A WireGuard message for `peer` whose path is DERP `region`.
+    fn relay(&self, peer: &Key, region: u16, packet: &[u8]);
+}
+
+/// Is this datagram disco or STUN rather than WireGuard (Go `packetLooksLike`,
+/// protocol.md §7.3)? Only these reach [`OffPath::non_wireguard`]; other junk is
+/// counted as invalid.
+pub fn is_off_path_datagram(b: &[u8]) -> bool {
+    // STUN binding request/response: magic cookie at 4..8, message class bits clear.
+    let stun =
+        b.len() >= 20 && b[0] & 0xc0 == 0 && b[1] == 0x01 && b[4..8] == [0x21, 0x12, 0xa4, 0x42];
+    stun || crate::disco::looks_like_disco(b)
+}
+
+/// What all the tables of one engine share: the off-path hook and a coarse clock for
+/// noting when peers were last sent to.
+struct Shared {
+    off_path: OnceLock<Arc<dyn OffPath>>,
+    /// The in-process service owning some addresses (quad-100), if any.
+    local: OnceLock<Arc<dyn LocalService>>,
+    epoch: Instant,
+    /// Milliseconds since `epoch`, advanced by [`PeerTable::tick`]; coarse on purpose so
+    /// the packet path reads an atomic instead of the clock.
+    now_ms: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            off_path: OnceLock::new(),
+            local: OnceLock::new(),
+            epoch: Instant::now(),
+            now_ms: AtomicU64::new(1),
+        }
+    }
+}
+
 /// Counters of what was dropped and why; read by status and tests.
 #[derive(Default, Debug)]
 pub struct Drops {
@@ -47,12 +92,24 @@ pub struct Drops {
     pub no_route: AtomicU64,
     /// Packets for a peer with no endpoint to send to.
     pub no_endpoint: AtomicU64,
+    /// Packets the packet filter refused (ACLs; from the tunnel, or outbound
+    /// multicast/link-local/malformed).
+    pub filtered: AtomicU64,
 }
 
 impl Drops {
     fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A service inside this process that owns some addresses (quad-100): packets from the
+/// TUN to them are handed over instead of being routed to a peer.
+pub trait LocalService: Send + Sync {
+    /// Does the service own `dst`? Called for every packet from the TUN: keep it cheap.
+    fn serves(&self, dst: IpAddr) -> bool;
+    /// Takes a copy of the packet; must not block.
+    fn deliver(&self, pkt: &[u8]);
 }
 
 /// One peer: its WireGuard state and where it was last heard from.
@@ -67,11 +124,28 @@ pub struct Peer {
     /// keeps the roamed-to endpoint instead of resetting it.
     configured_endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<IpNetwork>,
+    /// The endpoint was set by path discovery ([`PeerTable::set_endpoint`]): incoming
+    /// packets do not move it, and new configurations keep it.
+    pinned: AtomicBool,
+    /// When we last sent to this peer, in the table's coarse milliseconds (0: never).
+    last_send: AtomicU64,
 }
 
 impl Peer {
     pub fn endpoint(&self) -> Option<SocketAddr> {
         *self.endpoint.lock()
+    }
+
+    /// When we last sent to this peer, in [`PeerTable::now_ms`] units (0: never).
+    pub fn last_send_ms(&self) -> u64 {
+        self.last_send.load(Ordering::Relaxed)
+    }
+
+    fn note_send(&self, now_ms: u64) {
+        // Store only when it changed: a read-mostly cache line for the packet path.
+        if self.last_send.load(Ordering::Relaxed) != now_ms {
+            self.last_send.store(now_ms, Ordering::Relaxed);
+        }
     }
 
     /// Time since the last handshake, bytes sent, bytes received.
@@ -100,7 +174,10 @@ pub struct PeerTable {
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<Key, Arc<Peer>>,
     rate_limiter: Arc<RateLimiter>,
+    /// The packet filter; None lets everything through (plain WireGuard).
+    filter: Option<Filter>,
     pub drops: Arc<Drops>,
+    shared: Arc<Shared>,
 }
 
 impl PeerTable {
@@ -113,6 +190,7 @@ impl PeerTable {
             _ => Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
         };
         let drops = previous.map(|p| p.drops.clone()).unwrap_or_default();
+        let shared = previous.map(|p| p.shared.clone()).unwrap_or_default();
         let mut table = PeerTable {
             private: private.clone(),
             public,
@@ -122,7 +200,15 @@ impl PeerTable {
             by_index: HashMap::with_capacity(cfg.peers.len()),
             by_key: HashMap::with_capacity(cfg.peers.len()),
             rate_limiter: rate_limiter.clone(),
+            // Remembered outbound flows carry over, so new rules do not cut replies.
+            filter: cfg.filter.as_ref().map(|f| {
+                Filter::new(
+                    f,
+                    previous.and_then(|p| p.filter.as_ref()).map(|p| p.flows()),
+                )
+            }),
             drops,
+            shared,
         };
         for pc in &cfg.peers {
             let old = previous
@@ -132,7 +218,8 @@ impl PeerTable {
             let peer = match old {
                 Some(old)
                     if old.allowed_ips == pc.allowed_ips
-                        && old.configured_endpoint == pc.endpoint =>
+                        && (old.configured_endpoint == pc.endpoint
+                            || old.pinned.load(Ordering::Relaxed)) =>
                 {
                     old.clone()
                 }
@@ -140,7 +227,9 @@ impl PeerTable {
                     // Same session, new routing facts: move the Tunn into a new Peer.
                     // The old table stays valid for packets already in flight; its Peer
                     // shares nothing mutable with the new one except through this move.
-                    let endpoint = if old.configured_endpoint == pc.endpoint {
+                    // A path found by discovery outlives configuration changes.
+                    let pinned = old.pinned.load(Ordering::Relaxed);
+                    let endpoint = if old.configured_endpoint == pc.endpoint || pinned {
                         old.endpoint()
                     } else {
                         pc.endpoint
@@ -164,6 +253,8 @@ impl PeerTable {
                         endpoint: Mutex::new(endpoint),
                         configured_endpoint: pc.endpoint,
                         allowed_ips: pc.allowed_ips.clone(),
+                        pinned: AtomicBool::new(pinned),
+                        last_send: AtomicU64::new(old.last_send_ms()),
                     })
                 }
                 None => {
@@ -183,6 +274,8 @@ impl PeerTable {
                         endpoint: Mutex::new(pc.endpoint),
                         configured_endpoint: pc.endpoint,
                         allowed_ips: pc.allowed_ips.clone(),
+                        pinned: AtomicBool::new(false),
+                        last_send: AtomicU64::new(0),
                     })
                 }
             };
@@ -204,17 +297,84 @@ impl PeerTable {
         self.by_ip.lookup(addr)
     }
 
+    pub fn peer_by_key(&self, key: &Key) -> Option<&Arc<Peer>> {
+        self.by_key.get(key)
+    }
+
+    /// Installs the control thread's hook (once per engine; later calls are ignored).
+    pub fn set_off_path(&self, hook: Arc<dyn OffPath>) {
+        let _ = self.shared.off_path.set(hook);
+    }
+
+    /// Installs the in-process service for its addresses (quad-100); once per engine.
+    pub fn set_local_service(&self, svc: Arc<dyn LocalService>) {
+        let _ = self.shared.local.set(svc);
+    }
+
+    /// The coarse clock [`Peer::last_send_ms`] is in.
+    pub fn now_ms(&self) -> u64 {
+        self.shared.now_ms.load(Ordering::Relaxed)
+    }
+
+    /// Path discovery decided where `key` is reached: a direct address or a DERP pseudo
+    /// address ([`crate::disco::derp_addr`]). From now on incoming packets no longer
+    /// move the endpoint, and reconfigurations keep it. False if no such peer.
+    pub fn set_endpoint(&self, key: &Key, endpoint: Option<SocketAddr>) -> bool {
+        let Some(peer) = self.by_key.get(key) else {
+            return false;
+        };
+        peer.pinned.store(true, Ordering::Relaxed);
+        let mut ep = peer.endpoint.lock();
+        if *ep != endpoint {
+            log::debug!("peer {key:?} path now {endpoint:?}");
+            *ep = endpoint;
+        }
+        true
+    }
+
+    /// Sends `wire` for `peer` to `to`: over UDP (an [`Emit`]), or to the control thread
+    /// when `to` is a DERP pseudo address.
+    fn send_to<'a>(
+        &self,
+        peer: Option<&Peer>,
+        to: SocketAddr,
+        wire: &'a [u8],
+        emit: &mut impl FnMut(Emit<'a>),
+    ) {
+        match crate::disco::derp_region_of(to) {
+            None => emit(Emit::Network(to, wire)),
+            Some(region) => match (peer, self.shared.off_path.get()) {
+                (Some(peer), Some(hook)) => hook.relay(&peer.key, region, wire),
+                _ => Drops::bump(&self.drops.no_endpoint),
+            },
+        }
+    }
+
     /// A packet read from the TUN: encrypt it for the peer that owns its destination.
     /// `out` must hold the packet plus [`WG_OVERHEAD`] and at least [`MIN_OUT_BUF`].
     pub fn encapsulate(&self, pkt: &[u8], out: &mut [u8], emit: &mut impl FnMut(Emit<'_>)) {
-        let Some(peer) = Tunn::dst_address(pkt).and_then(|dst| self.by_ip.lookup(dst)) else {
+        let dst = Tunn::dst_address(pkt);
+        if let (Some(svc), Some(d)) = (self.shared.local.get(), dst) {
+            if svc.serves(d) {
+                svc.deliver(pkt);
+                return;
+            }
+        }
+        let Some(peer) = dst.and_then(|dst| self.by_ip.lookup(dst)) else {
             Drops::bump(&self.drops.no_route);
             return;
         };
+        if let Some(f) = &self.filter {
+            if f.outbound(pkt) != Verdict::Accept {
+                Drops::bump(&self.drops.filtered);
+                return;
+            }
+        }
         let endpoint = peer.endpoint();
+        peer.note_send(self.now_ms());
         match peer.tunn.lock().encapsulate(pkt, out) {
             TunnResult::WriteToNetwork(wire) => match endpoint {
-                Some(ep) => emit(Emit::Network(ep, wire)),
+                Some(ep) => self.send_to(Some(peer), ep, wire, emit),
                 None => Drops::bump(&self.drops.no_endpoint),
             },
             TunnResult::Err(e) => log::debug!("encapsulate for {:?}: {e:?}", peer.key),
@@ -230,12 +390,19 @@ impl PeerTable {
         out: &mut [u8],
         emit: &mut impl FnMut(Emit<'_>),
     ) {
+        if is_off_path_datagram(dgram) {
+            match self.shared.off_path.get() {
+                Some(hook) => hook.non_wireguard(from, dgram),
+                None => Drops::bump(&self.drops.invalid),
+            }
+            return;
+        }
         // MAC check (and cookie reply when under load) before any expensive work.
         let packet = match self.rate_limiter.verify_packet(Some(from.ip()), dgram, out) {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 log::trace!("under load: cookie reply to {from}");
-                emit(Emit::Network(from, cookie));
+                self.send_to(None, from, cookie, emit);
                 return;
             }
             Err(_) => {
@@ -262,23 +429,33 @@ impl PeerTable {
         let mut tunn = peer.tunn.lock();
         match tunn.decapsulate(Some(from.ip()), dgram, out) {
             TunnResult::WriteToNetwork(wire) => {
-                emit(Emit::Network(from, wire));
+                // Answers go where the peer's packets go: the discovered path when there
+                // is one, else back where this came from.
+                let to = match peer.pinned.load(Ordering::Relaxed) {
+                    true => peer.endpoint().unwrap_or(from),
+                    false => from,
+                };
+                self.send_to(Some(peer), to, wire, emit);
                 // A completed handshake releases packets queued while it ran.
                 while let TunnResult::WriteToNetwork(wire) = tunn.decapsulate(None, &[], out) {
-                    emit(Emit::Network(from, wire));
+                    self.send_to(Some(peer), to, wire, emit);
                 }
             }
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 if !self.source_allowed(peer, IpAddr::V4(src)) {
                     return;
                 }
-                emit(Emit::Tun(pkt));
+                if self.admit(pkt) {
+                    emit(Emit::Tun(pkt));
+                }
             }
             TunnResult::WriteToTunnelV6(pkt, src) => {
                 if !self.source_allowed(peer, IpAddr::V6(src)) {
                     return;
                 }
-                emit(Emit::Tun(pkt));
+                if self.admit(pkt) {
+                    emit(Emit::Tun(pkt));
+                }
             }
             TunnResult::Done => {}
             TunnResult::Err(e) => {
@@ -290,11 +467,30 @@ impl PeerTable {
             }
         }
         drop(tunn);
+        if peer.pinned.load(Ordering::Relaxed) {
+            // Disco owns this peer's path; an incoming packet proves only that the peer
+            // can reach us, not that we can reach it there (protocol.md §7.5).
+            return;
+        }
         // Roaming: an authenticated packet tells us where the peer is now.
         let mut ep = peer.endpoint.lock();
         if *ep != Some(from) {
             log::debug!("peer {:?} endpoint now {from}", peer.key);
             *ep = Some(from);
+        }
+    }
+
+    /// The packet filter's verdict on a decrypted packet; the peer stays
+    /// authenticated (and may roam) even when its packet is refused.
+    fn admit(&self, pkt: &[u8]) -> bool {
+        let Some(f) = &self.filter else { return true };
+        match f.inbound(pkt) {
+            Verdict::Accept => true,
+            Verdict::Drop(why) => {
+                log::trace!("filter: dropped inbound packet ({why:?})");
+                Drops::bump(&self.drops.filtered);
+                false
+            }
         }
     }
 
@@ -309,12 +505,14 @@ impl PeerTable {
     /// Runs WireGuard's timers (handshake retries, rekeys, keepalives). Call a few
     /// times a second.
     pub fn tick(&self, out: &mut [u8], emit: &mut impl FnMut(Emit<'_>)) {
+        let now_ms = (self.shared.epoch.elapsed().as_millis() as u64).max(1);
+        self.shared.now_ms.store(now_ms, Ordering::Relaxed);
         for peer in &self.peers {
             let endpoint = peer.endpoint();
             match peer.tunn.lock().update_timers(out) {
                 TunnResult::WriteToNetwork(wire) => {
                     if let Some(ep) = endpoint {
-                        emit(Emit::Network(ep, wire));
+                        self.send_to(Some(peer), ep, wire, emit);
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}

@@ -5,24 +5,42 @@
 //! (baselines.md): a TUN read returns up to 64 KB of TCP (TSO), which we split into
 //! MTU-sized packets, encrypt, and hand to the kernel as one UDP GSO send; a UDP GRO
 //! receive returns up to 64 datagrams of one flow, which we decrypt and merge back into
-//! one TUN write. Each direction runs on its own thread with blocking calls, so a
-//! worker needs no readiness polling at all.
+//! one TUN write.
+//!
+//! This module is the packet core both I/O backends share, and the simpler backend:
+//! * [`Encryptor`] turns one TUN read into GSO runs of encrypted datagrams, written into
+//!   buffers a [`Transmit`] implementation owns and sent by it;
+//! * [`Decryptor`] turns one UDP receive (a GRO batch) into TUN writes in a buffer the
+//!   caller owns;
+//! * the `epoll` backend ([`tun_to_network`], [`network_to_tun`]): two threads per
+//!   worker with blocking syscalls. It is named `epoll` on the command line because
+//!   that is the name users know for "plain syscalls, no io_uring"; blocking threads
+//!   need no readiness polling at all, and each direction gets its own thread;
+//! * the `io_uring` backend lives in `uring.rs` and calls the same core.
 
 use crate::offload::{Coalescer, Segmenter, VNET_HDR_LEN};
 use crate::sys::{tun::Tun, udp};
 use crate::wireguard::{Emit, PeerTable, MIN_OUT_BUF, WG_OVERHEAD};
 use parking_lot::Mutex;
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::sync::Arc;
 
 /// Largest UDP payload one GSO send may carry (IPv4 limit, less headers).
-const GSO_MAX_BYTES: usize = 65_000;
-/// Most segments the kernel accepts in one UDP GSO send (UDP_MAX_SEGMENTS).
-const GSO_MAX_SEGMENTS: usize = 64;
+pub(crate) const GSO_MAX_BYTES: usize = 65_000;
+/// Most segments the kernel accepts in one UDP GSO send (UDP_MAX_SEGMENTS), and most
+/// datagrams one UDP GRO receive returns (UDP_GRO_CNT_MAX).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
 /// Largest IP packet or datagram.
-const MAX_PACKET: usize = 65_535;
+pub(crate) const MAX_PACKET: usize = 65_535;
+/// Size of one transmit buffer: room for the output of a whole 64 KB TUN read (MTU-sized
+/// segments grow by their headers and the WireGuard overhead) with space to spare.
+pub(crate) const TX_BUFFER: usize = 2 * MAX_PACKET;
+/// Size of the buffer a receive is decrypted (and coalesced) into: the decrypted
+/// packets are smaller than the datagrams, plus one virtio_net_hdr per packet.
+pub(crate) const RX_OUT_BUFFER: usize = 2 * MAX_PACKET + GSO_MAX_SEGMENTS * VNET_HDR_LEN;
 
 /// What the kernel agreed to do for us, probed once at start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,50 +54,236 @@ pub struct Offloads {
     pub udp_gro: bool,
 }
 
+/// Which packet I/O backend the workers use (daemon flag `--io`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring if the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// One io_uring per worker; refuse to start without it.
+    IoUring,
+    /// Plain syscalls on blocking threads, two per worker.
+    Epoll,
+}
+
+impl IoBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::IoUring => "io_uring",
+            IoBackend::Epoll => "epoll",
+        }
+    }
+}
+
+impl fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoBackend::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(IoBackend::IoUring),
+            "epoll" => Ok(IoBackend::Epoll),
+            _ => Err(format!(
+                "unknown I/O backend {s:?}: want auto, io_uring or epoll"
+            )),
+        }
+    }
+}
+
+/// Decides the backend from what was asked and whether io_uring works here
+/// (`uring_probe`: Ok, or why not). Returns the backend and, when `auto` fell back, the
+/// reason to log. Asking for io_uring where it does not work is an error: a user who
+/// forces it wants to know.
+pub fn choose_backend(
+    wanted: IoBackend,
+    uring_probe: impl FnOnce() -> Result<(), String>,
+) -> Result<(IoBackend, Option<String>), String> {
+    match wanted {
+        IoBackend::Epoll => Ok((IoBackend::Epoll, None)),
+        IoBackend::IoUring => match uring_probe() {
+            Ok(()) => Ok((IoBackend::IoUring, None)),
+            Err(why) => Err(format!("io_uring backend unavailable: {why}")),
+        },
+        IoBackend::Auto => match uring_probe() {
+            Ok(()) => Ok((IoBackend::IoUring, None)),
+            Err(why) => Ok((IoBackend::Epoll, Some(why))),
+        },
+    }
+}
+
 /// The current peer table, replaced whole on reconfiguration.
 pub type TableSlot = Mutex<Arc<PeerTable>>;
 
-fn table(slot: &TableSlot) -> Arc<PeerTable> {
+pub(crate) fn table(slot: &TableSlot) -> Arc<PeerTable> {
     slot.lock().clone()
 }
 
-fn send_plain(sock: &UdpSocket, is_v6: bool, to: SocketAddr, wire: &[u8]) {
-    if let Err(e) = sock.send_to(wire, udp::for_socket(is_v6, to)) {
-        log::debug!("send to {to}: {e}");
-    }
+/// Did the kernel refuse a UDP GSO send for a reason that will not go away (EIO: the
+/// route's device cannot checksum for us, e.g. through IPsec)? Then GSO is switched off
+/// for the worker, as the kernel's own tools do.
+pub(crate) fn gso_refused(errno: i32) -> bool {
+    errno == libc::EIO
 }
 
-/// Encrypted packets for one endpoint, laid out back to back for one GSO send. UDP GSO
-/// needs every segment but the last to have the same size.
-struct GsoBatch {
-    buf: Vec<u8>,
-    len: usize,
+// ---------------------------------------------------------------------------
+// The packet core, TUN → network.
+
+/// Encrypted datagrams for one endpoint, back to back in a transmit buffer, for one
+/// send: `segment`-byte datagrams (the last may be shorter), or one datagram when
+/// `segment` is 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GsoRun {
+    pub to: SocketAddr,
+    pub range: Range<usize>,
+    pub segment: u16,
+    pub count: usize,
+}
+
+/// The I/O half of the TUN → network direction: owns the buffers datagrams are
+/// encrypted into, and sends them.
+pub trait Transmit {
+    /// The buffer the core encrypts into.
+    fn buffer(&mut self) -> &mut [u8];
+    /// Sends `run`, a part of [`Transmit::buffer`]. Those bytes stay untouched by the
+    /// core until the transmitter says so (by `rewind` or `next_buffer`).
+    fn send(&mut self, run: GsoRun);
+    /// Called before each TUN read is processed: may the core write the buffer from its
+    /// start again (every run handed over has left)?
+    fn rewind(&mut self) -> bool;
+    /// The buffer has too little room left: switch to an empty one. false when none is
+    /// free now; the packet is then dropped.
+    fn next_buffer(&mut self) -> bool;
+    /// May runs have more than one datagram (UDP GSO)?
+    fn gso(&self) -> bool;
+}
+
+/// Per-worker state of the TUN → network direction: split what one TUN read holds
+/// into packets, encrypt each for its peer, and group the results into GSO runs.
+pub struct Encryptor {
+    /// One segment of a super-packet, before encryption.
+    scratch: Box<[u8]>,
+    batch: Batch,
+}
+
+/// The run being built, as positions in the transmitter's buffer.
+#[derive(Default)]
+struct Batch {
+    start: usize,
+    end: usize,
     segment: usize,
     count: usize,
     to: Option<SocketAddr>,
-    /// The last segment was shorter: nothing more may follow it.
+    /// The last datagram was shorter: UDP GSO allows nothing after it.
     closed: bool,
 }
 
-impl GsoBatch {
-    fn new() -> GsoBatch {
-        GsoBatch {
-            buf: vec![0; 2 * MAX_PACKET],
-            len: 0,
-            segment: 0,
-            count: 0,
-            to: None,
-            closed: false,
+impl Default for Encryptor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encryptor {
+    pub fn new() -> Encryptor {
+        Encryptor {
+            scratch: vec![0; MAX_PACKET].into_boxed_slice(),
+            batch: Batch::default(),
         }
     }
 
-    /// Where the next packet is encrypted to.
-    fn tail(&mut self) -> &mut [u8] {
-        &mut self.buf[self.len..]
+    /// Handles one TUN read (starting with its virtio_net_hdr when `tun_tso`): every
+    /// packet in it is encrypted and handed to `tx` in as few runs as UDP GSO allows.
+    pub fn process(
+        &mut self,
+        table: &PeerTable,
+        read: &[u8],
+        tun_tso: bool,
+        tx: &mut impl Transmit,
+    ) {
+        if tx.rewind() {
+            self.batch = Batch::default();
+        }
+        if tun_tso {
+            let seg = match Segmenter::from_tun_read(read) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("dropping packet from the TUN: {e}");
+                    return;
+                }
+            };
+            for i in 0..seg.segment_count() {
+                match seg.write_segment(i, &mut self.scratch) {
+                    Ok(len) => self.batch.encrypt(table, &self.scratch[..len], tx),
+                    Err(e) => {
+                        log::debug!("segmenting: {e}");
+                        break;
+                    }
+                }
+            }
+        } else {
+            self.batch.encrypt(table, read, tx);
+        }
+        self.batch.flush(tx);
+    }
+}
+
+impl Batch {
+    fn encrypt(&mut self, table: &PeerTable, pkt: &[u8], tx: &mut impl Transmit) {
+        // boringtun needs the packet plus its overhead, and a whole handshake message,
+        // at the tail.
+        let need = pkt.len() + WG_OVERHEAD + MIN_OUT_BUF;
+        if tx.buffer().len().saturating_sub(self.end) < need {
+            self.flush(tx);
+            if !tx.next_buffer() {
+                log::debug!("no transmit buffer free: dropping a packet");
+                return;
+            }
+            *self = Batch::default();
+            if tx.buffer().len() < need {
+                return;
+            }
+        }
+        let buf = tx.buffer();
+        let base = buf.as_ptr() as usize;
+        let mut sent: Option<(SocketAddr, usize, usize)> = None;
+        table.encapsulate(pkt, &mut buf[self.end..], &mut |e| {
+            if let Emit::Network(to, wire) = e {
+                sent = Some((to, wire.as_ptr() as usize - base, wire.len()));
+            }
+        });
+        let Some((to, at, wire)) = sent else {
+            return;
+        };
+        if at != self.end {
+            // boringtun writes at the start of the buffer it is given; should that ever
+            // change, keep the run contiguous anyway.
+            buf.copy_within(at..at + wire, self.end);
+        }
+        let gso = tx.gso();
+        if !self.fits(to, wire, gso) {
+            self.flush(tx);
+        }
+        if self.count == 0 {
+            self.segment = wire;
+            self.to = Some(to);
+        } else if wire < self.segment {
+            self.closed = true;
+        }
+        self.end += wire;
+        self.count += 1;
+        if !gso || self.closed || self.count >= GSO_MAX_SEGMENTS {
+            self.flush(tx);
+        }
     }
 
-    /// Whether a packet of `wire` bytes for `to`, already written at the tail, can
-    /// join the batch.
+    /// Can a datagram of `wire` bytes for `to` join the run?
     fn fits(&self, to: SocketAddr, wire: usize, gso: bool) -> bool {
         if self.count == 0 {
             return true;
@@ -88,65 +292,207 @@ impl GsoBatch {
             && self.to == Some(to)
             && wire <= self.segment
             && self.count < GSO_MAX_SEGMENTS
-            && self.len + wire <= GSO_MAX_BYTES
+            && self.end - self.start + wire <= GSO_MAX_BYTES
     }
 
-    fn push(&mut self, to: SocketAddr, wire: usize) {
-        if self.count == 0 {
-            self.segment = wire;
-            self.to = Some(to);
-        } else if wire < self.segment {
-            self.closed = true;
-        }
-        self.len += wire;
-        self.count += 1;
-    }
-
-    fn flush(&mut self, sock: &UdpSocket, is_v6: bool) {
+    /// Hands the run to the transmitter; the next run starts where it ended.
+    fn flush(&mut self, tx: &mut impl Transmit) {
         if let Some(to) = self.to.filter(|_| self.count > 0) {
-            let dst = udp::for_socket(is_v6, to);
-            let seg = if self.count > 1 {
+            let segment = if self.count > 1 {
                 self.segment as u16
             } else {
                 0
             };
-            if let Err(e) = udp::send_segmented(sock, dst, &self.buf[..self.len], seg) {
-                log::debug!("send {} packets to {to}: {e}", self.count);
-            }
+            tx.send(GsoRun {
+                to,
+                range: self.start..self.end,
+                segment,
+                count: self.count,
+            });
         }
-        self.len = 0;
+        self.start = self.end;
         self.count = 0;
         self.closed = false;
         self.to = None;
     }
+}
 
-    /// Sends the batch before a packet that did not join it (written at `wire_at`),
-    /// and starts a new batch with that packet.
-    fn restart_with(
-        &mut self,
-        wire_at: usize,
-        wire: usize,
-        to: SocketAddr,
-        sock: &UdpSocket,
-        is_v6: bool,
-    ) {
-        self.flush(sock, is_v6);
-        self.buf.copy_within(wire_at..wire_at + wire, 0);
-        self.push(to, wire);
+// ---------------------------------------------------------------------------
+// The packet core, network → TUN.
+
+/// Per-worker state of the network → TUN direction: decrypt the datagrams of one
+/// receive and, with TUN offload, coalesce them into super-packets.
+pub struct Decryptor {
+    /// Decrypted packets of one receive, back to back (only when coalescing: otherwise
+    /// they are decrypted straight into the caller's buffer).
+    plain: Box<[u8]>,
+    spans: Vec<Range<usize>>,
+    gro: Coalescer,
+    /// The coalescer's outputs, as positions in the caller's buffer.
+    merged: Vec<Range<usize>>,
+    /// Reused allocation for the coalescer's list of packets (empty between calls).
+    packets: Vec<&'static [u8]>,
+}
+
+/// Reuses a vector's allocation for references of another lifetime. The standard
+/// library collects a mapped `IntoIter` in place when the element layout is the same,
+/// which it is here; at worst this would allocate.
+fn recycle<'b>(mut v: Vec<&[u8]>) -> Vec<&'b [u8]> {
+    v.clear();
+    v.into_iter()
+        .map(|_| -> &'b [u8] { unreachable!() })
+        .collect()
+}
+
+impl Decryptor {
+    /// `tun_uso`: the TUN takes UDP super-packets, so UDP is coalesced too.
+    pub fn new(tun_uso: bool) -> Decryptor {
+        Decryptor {
+            plain: vec![0; 2 * MAX_PACKET].into_boxed_slice(),
+            spans: Vec::with_capacity(GSO_MAX_SEGMENTS),
+            gro: Coalescer::new(GSO_MAX_SEGMENTS, tun_uso),
+            merged: vec![0..0; GSO_MAX_SEGMENTS],
+            packets: Vec::with_capacity(GSO_MAX_SEGMENTS),
+        }
     }
 
-    /// Room left at the tail.
-    fn room(&self) -> usize {
-        self.buf.len() - self.len
+    /// Handles one receive from `from`: `data` is one datagram, or with `segment` > 0 a
+    /// GRO batch of `segment`-byte datagrams. What goes to the TUN is written into `out`
+    /// (at least [`RX_OUT_BUFFER`] bytes; with a virtio_net_hdr in front when
+    /// `tun_tso`), one write each, at the positions pushed to `writes` (cleared
+    /// first). Datagrams WireGuard answers with (handshakes, cookies) go to `reply`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn process(
+        &mut self,
+        table: &PeerTable,
+        from: SocketAddr,
+        data: &[u8],
+        segment: usize,
+        tun_tso: bool,
+        out: &mut [u8],
+        writes: &mut Vec<Range<usize>>,
+        reply: &mut impl FnMut(SocketAddr, &[u8]),
+    ) {
+        writes.clear();
+        let seg = if segment == 0 {
+            data.len().max(1)
+        } else {
+            segment
+        };
+        let dst: &mut [u8] = if tun_tso { &mut self.plain } else { out };
+        let spans = if tun_tso {
+            &mut self.spans
+        } else {
+            &mut *writes
+        };
+        spans.clear();
+        let base = dst.as_ptr() as usize;
+        let mut used = 0;
+        for dgram in data.chunks(seg) {
+            if dst.len() - used < dgram.len() + MIN_OUT_BUF {
+                log::debug!("receive batch larger than the decryption buffer");
+                break;
+            }
+            table.decapsulate(from, dgram, &mut dst[used..], &mut |e| match e {
+                Emit::Network(to, wire) => reply(to, wire),
+                Emit::Tun(pkt) => {
+                    let start = pkt.as_ptr() as usize - base;
+                    spans.push(start..start + pkt.len());
+                }
+            });
+            if let Some(last) = spans.last() {
+                used = used.max(last.end);
+            }
+        }
+        if !tun_tso || self.spans.is_empty() {
+            return;
+        }
+        // The coalescer takes at most GSO_MAX_SEGMENTS packets at a time; a GRO receive
+        // never holds more, but a bigger batch must not lose packets either.
+        let mut packets = recycle(std::mem::take(&mut self.packets));
+        let mut pos = 0;
+        for chunk in self.spans.chunks(GSO_MAX_SEGMENTS) {
+            packets.clear();
+            packets.extend(chunk.iter().map(|r| &self.plain[r.clone()]));
+            match self
+                .gro
+                .coalesce(&packets, &mut out[pos..], &mut self.merged)
+            {
+                Ok(count) => {
+                    for r in &self.merged[..count] {
+                        writes.push(pos + r.start..pos + r.end);
+                    }
+                    pos = writes.last().map_or(pos, |r| r.end);
+                }
+                Err(e) => log::debug!("coalescing: {e}"),
+            }
+        }
+        self.packets = recycle(packets);
     }
 }
 
-/// TUN → network: read, segment, encrypt, send in GSO batches.
+// ---------------------------------------------------------------------------
+// The epoll backend: two blocking threads per worker.
+
+fn send_plain(sock: &UdpSocket, is_v6: bool, to: SocketAddr, wire: &[u8]) {
+    if let Err(e) = sock.send_to(wire, udp::for_socket(is_v6, to)) {
+        log::debug!("send to {to}: {e}");
+    }
+}
+
+/// Sends each run at once with one sendmsg, so the buffer is free again right after.
+struct SyscallTx<'a> {
+    sock: &'a UdpSocket,
+    is_v6: bool,
+    buf: Box<[u8]>,
+    gso: bool,
+}
+
+impl Transmit for SyscallTx<'_> {
+    fn buffer(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    fn send(&mut self, run: GsoRun) {
+        let dst = udp::for_socket(self.is_v6, run.to);
+        let data = &self.buf[run.range.clone()];
+        let Err(e) = udp::send_segmented(self.sock, dst, data, run.segment) else {
+            return;
+        };
+        if run.segment > 0 && e.raw_os_error().is_some_and(gso_refused) {
+            log::warn!("kernel refused a UDP GSO send ({e}); sending datagrams one by one");
+            self.gso = false;
+            for d in data.chunks(usize::from(run.segment)) {
+                send_plain(self.sock, self.is_v6, run.to, d);
+            }
+        } else {
+            log::debug!("send {} packets to {}: {e}", run.count, run.to);
+        }
+    }
+
+    fn rewind(&mut self) -> bool {
+        true
+    }
+
+    fn next_buffer(&mut self) -> bool {
+        true
+    }
+
+    fn gso(&self) -> bool {
+        self.gso
+    }
+}
+
+/// TUN → network on a blocking thread: read, segment, encrypt, send in GSO batches.
 pub fn tun_to_network(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloads) {
-    let is_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut read = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
-    let mut segment = vec![0u8; MAX_PACKET];
-    let mut batch = GsoBatch::new();
+    let mut enc = Encryptor::new();
+    let mut tx = SyscallTx {
+        sock,
+        is_v6: sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false),
+        buf: vec![0; TX_BUFFER].into_boxed_slice(),
+        gso: off.udp_gso,
+    };
     loop {
         let n = match tun.read(&mut read) {
             Ok(n) => n,
@@ -156,65 +502,17 @@ pub fn tun_to_network(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloa
                 return;
             }
         };
-        let table = table(slot);
-        let encrypt = |pkt: &[u8], batch: &mut GsoBatch| {
-            // boringtun needs the packet plus its overhead, and a whole handshake
-            // message, at the tail.
-            if batch.room() < pkt.len() + WG_OVERHEAD + MIN_OUT_BUF {
-                batch.flush(sock, is_v6);
-            }
-            let mut sent: Option<(SocketAddr, usize)> = None;
-            table.encapsulate(pkt, batch.tail(), &mut |e| {
-                if let Emit::Network(to, wire) = e {
-                    sent = Some((to, wire.len()));
-                }
-            });
-            if let Some((to, wire)) = sent {
-                if batch.fits(to, wire, off.udp_gso) {
-                    batch.push(to, wire);
-                } else {
-                    let at = batch.len;
-                    batch.restart_with(at, wire, to, sock, is_v6);
-                }
-                if !off.udp_gso || batch.closed || batch.count >= GSO_MAX_SEGMENTS {
-                    batch.flush(sock, is_v6);
-                }
-            }
-        };
-        if off.tun_tso {
-            let seg = match Segmenter::from_tun_read(&read[..n]) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::debug!("dropping packet from {}: {e}", tun.name());
-                    continue;
-                }
-            };
-            for i in 0..seg.segment_count() {
-                match seg.write_segment(i, &mut segment) {
-                    Ok(len) => encrypt(&segment[..len], &mut batch),
-                    Err(e) => {
-                        log::debug!("segmenting: {e}");
-                        break;
-                    }
-                }
-            }
-        } else {
-            encrypt(&read[..n], &mut batch);
-        }
-        batch.flush(sock, is_v6);
+        enc.process(&table(slot), &read[..n], off.tun_tso, &mut tx);
     }
 }
 
-/// Network → TUN: receive GRO batches, decrypt, coalesce, write.
+/// Network → TUN on a blocking thread: receive GRO batches, decrypt, coalesce, write.
 pub fn network_to_tun(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloads) {
     let is_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut recv = vec![0u8; MAX_PACKET];
-    // Decrypted packets of one receive, back to back; at most the datagrams' size.
-    let mut plain = vec![0u8; 2 * MAX_PACKET];
-    let mut spans: Vec<Range<usize>> = Vec::with_capacity(GSO_MAX_SEGMENTS);
-    let mut gro = Coalescer::new(GSO_MAX_SEGMENTS, off.tun_uso);
-    let mut merged = vec![0u8; 2 * MAX_PACKET + GSO_MAX_SEGMENTS * VNET_HDR_LEN];
-    let mut merged_spans: Vec<Range<usize>> = vec![0..0; GSO_MAX_SEGMENTS];
+    let mut dec = Decryptor::new(off.tun_uso);
+    let mut out = vec![0u8; RX_OUT_BUFFER];
+    let mut writes: Vec<Range<usize>> = Vec::with_capacity(GSO_MAX_SEGMENTS);
     loop {
         let (n, from, seg) = match udp::recv_segmented(sock, &mut recv) {
             Ok(r) => r,
@@ -227,44 +525,264 @@ pub fn network_to_tun(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloa
             }
         };
         let from = udp::canonical(from);
-        let table = table(slot);
-        let seg = if seg == 0 { n.max(1) } else { seg };
-        spans.clear();
-        let mut used = 0;
-        for dgram in recv[..n].chunks(seg) {
-            let base = plain.as_ptr() as usize;
-            table.decapsulate(from, dgram, &mut plain[used..], &mut |e| match e {
-                Emit::Network(to, wire) => send_plain(sock, is_v6, to, wire),
-                Emit::Tun(pkt) => {
-                    let start = pkt.as_ptr() as usize - base;
-                    spans.push(start..start + pkt.len());
-                }
-            });
-            if let Some(last) = spans.last() {
-                used = used.max(last.end);
+        dec.process(
+            &table(slot),
+            from,
+            &recv[..n],
+            seg,
+            off.tun_tso,
+            &mut out,
+            &mut writes,
+            &mut |to, wire| send_plain(sock, is_v6, to, wire),
+        );
+        for r in &writes {
+            if let Err(e) = tun.write(&out[r.clone()]) {
+                log::debug!("write to {}: {e}", tun.name());
             }
         }
-        if spans.is_empty() {
-            continue;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, PeerConfig};
+    use crate::offload::{checksum, VirtioNetHdr};
+    use crate::Key;
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    /// Records what the core sends; every buffer is free again at once.
+    struct FakeTx {
+        buf: Vec<u8>,
+        runs: Vec<GsoRun>,
+        data: Vec<Vec<u8>>,
+        gso: bool,
+    }
+
+    impl Transmit for FakeTx {
+        fn buffer(&mut self) -> &mut [u8] {
+            &mut self.buf
         }
-        if off.tun_tso {
-            let packets: Vec<&[u8]> = spans.iter().map(|r| &plain[r.clone()]).collect();
-            match gro.coalesce(&packets, &mut merged, &mut merged_spans) {
-                Ok(count) => {
-                    for r in &merged_spans[..count] {
-                        if let Err(e) = tun.write(&merged[r.clone()]) {
-                            log::debug!("write to {}: {e}", tun.name());
-                        }
+        fn send(&mut self, run: GsoRun) {
+            self.data.push(self.buf[run.range.clone()].to_vec());
+            self.runs.push(run);
+        }
+        fn rewind(&mut self) -> bool {
+            true
+        }
+        fn next_buffer(&mut self) -> bool {
+            true
+        }
+        fn gso(&self) -> bool {
+            self.gso
+        }
+    }
+
+    const EP_A: &str = "192.0.2.1:51820";
+    const EP_B: &str = "192.0.2.2:51820";
+
+    fn ep(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn config(private: u8, peer: u8, peer_ip: &str, endpoint: &str) -> Config {
+        let peer_public = PublicKey::from(&StaticSecret::from([peer; 32]));
+        Config {
+            private_key: Key([private; 32]),
+            listen_port: 0,
+            addresses: vec![],
+            mtu: 1280,
+            peers: vec![PeerConfig {
+                public_key: Key(peer_public.to_bytes()),
+                allowed_ips: vec![peer_ip.parse().unwrap()],
+                endpoint: Some(ep(endpoint)),
+                persistent_keepalive: None,
+            }],
+            filter: None,
+        }
+    }
+
+    /// An IPv4 TCP packet from 10.0.0.1 to 10.0.0.2 (TCP checksum left to offload).
+    fn tcp_v4(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let c = checksum::ipv4_header(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&1000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&2000u16.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[28..32].copy_from_slice(&1u32.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x10; // ACK
+        p[34..36].copy_from_slice(&1000u16.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Two peer tables with a completed handshake, A (10.0.0.1) and B (10.0.0.2).
+    fn connected() -> (PeerTable, PeerTable) {
+        let a = PeerTable::new(&config(1, 2, "10.0.0.2/32", EP_B), None);
+        let b = PeerTable::new(&config(2, 1, "10.0.0.1/32", EP_A), None);
+        let mut out = vec![0u8; 4096];
+        let mut wire: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        a.encapsulate(&tcp_v4(0, b"hello"), &mut out, &mut |e| {
+            if let Emit::Network(to, w) = e {
+                wire.push((to, w.to_vec()));
+            }
+        });
+        let mut delivered = 0;
+        for _ in 0..10 {
+            for (to, w) in std::mem::take(&mut wire) {
+                let (table, from) = if to == ep(EP_B) {
+                    delivered += 1;
+                    (&b, ep(EP_A))
+                } else {
+                    (&a, ep(EP_B))
+                };
+                table.decapsulate(from, &w, &mut out, &mut |e| {
+                    if let Emit::Network(to, w) = e {
+                        wire.push((to, w.to_vec()));
                     }
-                }
-                Err(e) => log::debug!("coalescing: {e}"),
-            }
-        } else {
-            for r in &spans {
-                if let Err(e) = tun.write(&plain[r.clone()]) {
-                    log::debug!("write to {}: {e}", tun.name());
-                }
+                });
             }
         }
+        assert!(delivered >= 2, "handshake did not complete");
+        (a, b)
+    }
+
+    /// A TSO read from the TUN: a virtio_net_hdr and one 64 KB TCP super-packet.
+    fn tso_read(payload: &[u8], mss: u16) -> Vec<u8> {
+        let hdr = VirtioNetHdr {
+            flags: 1,    // NEEDS_CSUM
+            gso_type: 1, // TCPV4
+            hdr_len: 40,
+            gso_size: mss,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let mut read = hdr.to_bytes().to_vec();
+        read.extend(tcp_v4(1000, payload));
+        read
+    }
+
+    /// TCP payload of what B writes to its TUN, in order.
+    fn tun_payload(writes: &[Range<usize>], out: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for r in writes {
+            let pkt = &out[r.start + VNET_HDR_LEN..r.end];
+            v.extend_from_slice(&pkt[40..]);
+        }
+        v
+    }
+
+    fn round_trip(gso: bool) -> (Vec<GsoRun>, Vec<u8>, usize) {
+        let (a, b) = connected();
+        let payload: Vec<u8> = (0..65_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut tx = FakeTx {
+            buf: vec![0; TX_BUFFER],
+            runs: vec![],
+            data: vec![],
+            gso,
+        };
+        Encryptor::new().process(&a, &tso_read(&payload, 1240), true, &mut tx);
+        let mut dec = Decryptor::new(true);
+        let mut out = vec![0u8; RX_OUT_BUFFER];
+        let mut writes = Vec::new();
+        let mut received = Vec::new();
+        let mut tun_writes = 0;
+        for (run, data) in tx.runs.iter().zip(&tx.data) {
+            dec.process(
+                &b,
+                ep(EP_A),
+                data,
+                usize::from(run.segment),
+                true,
+                &mut out,
+                &mut writes,
+                &mut |_, _| panic!("unexpected reply"),
+            );
+            tun_writes += writes.len();
+            received.extend(tun_payload(&writes, &out));
+        }
+        assert!(received == payload, "payload changed on the way");
+        (tx.runs, received, tun_writes)
+    }
+
+    #[test]
+    fn a_super_packet_becomes_two_gso_runs_and_one_write_each() {
+        let (runs, _, tun_writes) = round_trip(true);
+        // 65000 bytes in 1240-byte segments: 52 full and one of 520; each full one is
+        // 40 + 1240 + 32 = 1312 bytes on the wire, so 49 fit under the 65000-byte limit.
+        let counts: Vec<usize> = runs.iter().map(|r| r.count).collect();
+        assert_eq!(counts, vec![49, 4]);
+        assert!(runs.iter().all(|r| r.segment == 1312));
+        assert!(runs.iter().all(|r| r.range.len() <= GSO_MAX_BYTES));
+        assert_eq!(
+            runs[0].range.end, runs[1].range.start,
+            "runs not back to back"
+        );
+        assert_eq!(runs[1].range.len(), 3 * 1312 + 40 + 520 + 32);
+        assert!(runs.iter().all(|r| r.to == ep(EP_B)));
+        // The receiver coalesces each GRO batch back into one super-packet.
+        assert_eq!(tun_writes, 2);
+    }
+
+    #[test]
+    fn without_gso_every_datagram_is_its_own_send() {
+        let (runs, _, tun_writes) = round_trip(false);
+        assert_eq!(runs.len(), 53);
+        assert!(runs.iter().all(|r| r.count == 1 && r.segment == 0));
+        assert_eq!(tun_writes, 53);
+    }
+
+    #[test]
+    fn backend_names_parse_back() {
+        for b in [IoBackend::Auto, IoBackend::IoUring, IoBackend::Epoll] {
+            assert_eq!(b.name().parse::<IoBackend>(), Ok(b));
+        }
+        assert!("kqueue".parse::<IoBackend>().is_err());
+        assert!("".parse::<IoBackend>().is_err());
+    }
+
+    #[test]
+    fn auto_falls_back_to_epoll_and_says_why() {
+        let r = choose_backend(IoBackend::Auto, || Err("io_uring_setup: EPERM".into()));
+        assert_eq!(
+            r,
+            Ok((IoBackend::Epoll, Some("io_uring_setup: EPERM".into())))
+        );
+        let r = choose_backend(IoBackend::Auto, || Ok(()));
+        assert_eq!(r, Ok((IoBackend::IoUring, None)));
+    }
+
+    #[test]
+    fn forced_io_uring_is_an_error_where_it_does_not_work() {
+        let r = choose_backend(IoBackend::IoUring, || Err("ENOSYS".into()));
+        assert!(r.unwrap_err().contains("ENOSYS"));
+    }
+
+    #[test]
+    fn epoll_does_not_probe() {
+        let r = choose_backend(IoBackend::Epoll, || panic!("probed"));
+        assert_eq!(r, Ok((IoBackend::Epoll, None)));
+    }
+
+    #[test]
+    fn recycled_vector_keeps_its_allocation() {
+        let mut v: Vec<&'static [u8]> = Vec::with_capacity(64);
+        let ptr = v.as_ptr();
+        let data = [1u8, 2, 3];
+        let mut w = recycle(std::mem::take(&mut v));
+        w.push(&data[..]);
+        assert_eq!(w.as_ptr(), ptr);
+        v = recycle(w);
+        assert!(v.is_empty());
+        assert_eq!(v.as_ptr(), ptr);
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod caddytail;
 pub mod control_server;
+pub mod derp_server;
 pub mod testbed;
 pub mod wgpeer;

@@ -45,6 +45,13 @@ pub struct Netns {
 impl Netns {
     pub fn new(label: &str) -> Netns {
         let name = format!("rs-{label}-{}", unique_tag());
+        // `ip netns exec` bind-mounts /etc/netns/<name>/resolv.conf over
+        // /etc/resolv.conf when it exists: a daemon in the namespace that rewrites
+        // resolv.conf (MagicDNS, --accept-dns) then never touches the host's.
+        let etc = Path::new("/etc/netns").join(&name);
+        if std::fs::create_dir_all(&etc).is_ok() {
+            let _ = std::fs::write(etc.join("resolv.conf"), "# ringscale test namespace\n");
+        }
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
@@ -124,6 +131,8 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        // The namespace's own resolv.conf made in `new`.
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 
@@ -670,5 +679,156 @@ impl TestRng {
         let mut v = vec![0u8; n];
         self.fill(&mut v);
         v
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Addition for the backend tests: the "container refuses io_uring" case, for real.
+
+/// Makes `cmd` run under a seccomp filter that fails io_uring_setup with EPERM (what
+/// container runtimes' default profiles do), inherited across the exec of `ip netns
+/// exec` and the program it runs.
+pub fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs between fork and exec and only makes the prctl(2) calls,
+    // on data on its own stack.
+    unsafe { cmd.pre_exec(install_io_uring_filter) };
+}
+
+fn install_io_uring_filter() -> std::io::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    const AUDIT_ARCH: u32 = 0;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const SECCOMP_MODE_FILTER: libc::c_ulong = 2;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let prog = [
+        op(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        op(JEQ_K, 1, 0, AUDIT_ARCH),
+        op(RET_K, 0, 0, RET_ALLOW),
+        op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
+        op(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
+        op(RET_K, 0, 0, RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with the documented arguments; `fprog` and `prog` outlive the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Addition for the tailnet tests: several namespaces on one LAN.
+
+/// A LAN segment: a hub namespace holding a bridge (with the first address of the
+/// /24 on it, e.g. for a control server), and member namespaces each joined to the
+/// bridge by a veth pair. Members are returned to the caller (and removed when
+/// dropped); the bridge goes with the hub.
+pub struct Lan {
+    pub hub: Netns,
+    bridge: String,
+    /// The first three octets of the /24, e.g. `10.98.0`.
+    prefix: String,
+}
+
+impl Lan {
+    /// A hub namespace with bridge `br0` holding `<prefix>.1/24`.
+    pub fn new(label: &str, prefix: &str) -> Lan {
+        let hub = Netns::new(label);
+        let bridge = "br0".to_string();
+        hub.ip(&["link", "add", &bridge, "type", "bridge"]);
+        hub.ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", &bridge]);
+        hub.ip(&["link", "set", &bridge, "up"]);
+        Lan {
+            hub,
+            bridge,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The hub's address on the bridge (`<prefix>.1`).
+    pub fn hub_addr(&self) -> std::net::Ipv4Addr {
+        self.addr(1)
+    }
+
+    /// `<prefix>.host`.
+    pub fn addr(&self, host: u8) -> std::net::Ipv4Addr {
+        format!("{}.{host}", self.prefix)
+            .parse()
+            .expect("a valid IPv4 prefix")
+    }
+
+    /// A new namespace on the LAN with address `<prefix>.host/24` (host ≥ 2).
+    pub fn join(&self, label: &str, host: u8) -> Netns {
+        let ns = Netns::new(label);
+        let tag = unique_tag();
+        let (inner, port) = (format!("ln{tag}"), format!("lp{tag}"));
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &inner,
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.hub.name,
+        ]));
+        self.hub.ip(&["link", "set", &port, "master", &self.bridge]);
+        self.hub.ip(&["link", "set", &port, "up"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.addr(host)),
+            "dev",
+            &inner,
+        ]);
+        ns.ip(&["link", "set", &inner, "up"]);
+        ns
+    }
+}
+
+/// The private resolv.conf of a namespace (`/etc/netns/<ns>/resolv.conf`, which
+/// `ip netns exec` mounts over /etc/resolv.conf), set to given content so a test can
+/// see what a daemon in the namespace writes there and restores. Removed with the
+/// namespace.
+pub struct NsResolvConf {
+    path: PathBuf,
+}
+
+impl NsResolvConf {
+    pub fn new(ns: &Netns, content: &str) -> NsResolvConf {
+        let dir = Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, content).expect("write the namespace's resolv.conf");
+        NsResolvConf { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }

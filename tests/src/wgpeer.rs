@@ -172,11 +172,23 @@ fn peer_lines(p: &PeerConf) -> String {
     s
 }
 
+/// How to start a ringscale daemon beyond its configuration (other implementations
+/// ignore this).
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Extra daemon flags, e.g. `--io=epoll`, `--offload=false`.
+    pub args: Vec<String>,
+    /// Run the daemon under a seccomp filter that refuses io_uring_setup with EPERM,
+    /// as container runtimes do.
+    pub deny_io_uring: bool,
+}
+
 /// A running WireGuard node in a namespace. Dropping it stops the process (SIGTERM,
 /// then SIGKILL). Its output goes to a log file; `log_tail` is for failure messages.
 pub struct WgNode {
     pub imp: Impl,
     pub conf: NodeConf,
+    pub launch: Launch,
     ns_name: String,
     proc: Option<Proc>,
     dir: TempDir,
@@ -194,9 +206,15 @@ impl WgNode {
     /// Starts `imp` in `ns` with `conf` and waits until the interface is up with its
     /// addresses and the UDP port is bound. Panics (with the node's log) otherwise.
     pub fn start(ns: &Netns, imp: Impl, conf: NodeConf) -> WgNode {
+        WgNode::start_with(ns, imp, conf, Launch::default())
+    }
+
+    /// Like `start`, with extra daemon flags or a seccomp filter (see [`Launch`]).
+    pub fn start_with(ns: &Netns, imp: Impl, conf: NodeConf, launch: Launch) -> WgNode {
         let mut node = WgNode {
             imp,
             conf,
+            launch,
             ns_name: ns.name.clone(),
             proc: None,
             dir: TempDir::new(&format!("node-{}", imp.name())),
@@ -281,7 +299,11 @@ impl WgNode {
                     .arg("--statedir")
                     .arg(self.dir.path.join("state"))
                     .arg("--socket")
-                    .arg(self.dir.path.join("tailscaled.sock"));
+                    .arg(self.dir.path.join("tailscaled.sock"))
+                    .args(&self.launch.args);
+                if self.launch.deny_io_uring {
+                    testbed::deny_io_uring(&mut cmd);
+                }
             }
             Impl::WireguardGo => {
                 let _ = std::fs::remove_file(uapi_socket(&self.conf.ifname));
@@ -537,6 +559,17 @@ impl Pair {
         imp_b: Impl,
         adjust: impl FnOnce(&mut NodeConf, &mut NodeConf),
     ) -> Pair {
+        Pair::with_launch(imp_a, imp_b, Launch::default(), Launch::default(), adjust)
+    }
+
+    /// Like `with`, starting each node as its [`Launch`] says.
+    pub fn with_launch(
+        imp_a: Impl,
+        imp_b: Impl,
+        launch_a: Launch,
+        launch_b: Launch,
+        adjust: impl FnOnce(&mut NodeConf, &mut NodeConf),
+    ) -> Pair {
         use addr::*;
         let ns_a = Netns::new("wga");
         let ns_b = Netns::new("wgb");
@@ -577,8 +610,8 @@ impl Pair {
             verbose: true,
         };
         adjust(&mut conf_a, &mut conf_b);
-        let a = WgNode::start(&ns_a, imp_a, conf_a);
-        let b = WgNode::start(&ns_b, imp_b, conf_b);
+        let a = WgNode::start_with(&ns_a, imp_a, conf_a, launch_a);
+        let b = WgNode::start_with(&ns_b, imp_b, conf_b, launch_b);
         Pair {
             a,
             b,

@@ -3,8 +3,9 @@
 //! costs a log line and a reconnect: the engine keeps the last good configuration
 //! until a new session has delivered a complete netmap.
 
-use super::{hostinfo, BackendState, Event, LocalBackend};
+use super::{hostinfo, BackendState, LocalBackend};
 use ringscale_control::client::{self, ClientError, MapSession};
+use ringscale_control::ipn::Notify;
 use ringscale_control::netmap::NetMap;
 use ringscale_control::tailcfg::{
     GoTime, MapRequest, MapResponse, NodePublic, PrivateKey, RegisterRequest, RegisterResponseAuth,
@@ -48,15 +49,24 @@ impl Backoff {
 }
 
 pub async fn run(b: Arc<LocalBackend>) {
+    let paths = b.clone();
+    tokio::spawn(async move { paths.paths.run(&paths.engine).await });
     let mut backoff = Backoff::new();
     loop {
-        match session(&b).await {
+        // A session that delivered a netmap was healthy: whatever broke it afterwards
+        // starts the backoff over, as Go's map routine does, instead of growing the
+        // delay across days of occasional stream breaks.
+        let mut got_netmap = false;
+        match session(&b, &mut got_netmap).await {
             Ok(Ended::Restart) => backoff.reset(),
             Ok(Ended::Idle) => {
                 backoff.reset();
                 b.wake.notified().await;
             }
             Err(e) => {
+                if got_netmap {
+                    backoff.reset();
+                }
                 let delay = match &e {
                     ClientError::RateLimited(d) => *d,
                     _ => backoff.step(),
@@ -66,7 +76,10 @@ pub async fn run(b: Arc<LocalBackend>) {
                     let mut inner = b.lock();
                     inner.last_error = e.to_string();
                 }
-                b.publish(Event::Error(e.to_string()));
+                b.publish(Notify {
+                    err_message: Some(e.to_string()),
+                    ..Notify::default()
+                });
                 // A prefs change during the wait retries at once.
                 let _ = tokio::time::timeout(delay, b.wake.notified()).await;
             }
@@ -86,11 +99,13 @@ fn plan(b: &LocalBackend) -> Option<Plan> {
     let p = &inner.prefs;
     // Without a control URL the default (Tailscale's server) would be used, as Go does;
     // a node with neither login nor a pending `up` has nothing to do.
-    let wants_login = inner.auth_key.is_some() || (p.want_running && inner.need_register);
-    if !p.want_running && !wants_login {
-        return None;
-    }
-    if inner.need_register && !wants_login {
+    // Without a registered key, wait until a login is asked for; with one, run when
+    // the prefs say so.
+    if inner.need_register {
+        if !inner.login_requested {
+            return None;
+        }
+    } else if !p.want_running {
         return None;
     }
     Some(Plan {
@@ -105,7 +120,7 @@ fn stale(b: &LocalBackend, generation: u64) -> bool {
     b.lock().generation != generation
 }
 
-async fn session(b: &Arc<LocalBackend>) -> Result<Ended, ClientError> {
+async fn session(b: &Arc<LocalBackend>, got_netmap: &mut bool) -> Result<Ended, ClientError> {
     let Some(plan) = plan(b) else {
         return Ok(Ended::Idle);
     };
@@ -119,7 +134,7 @@ async fn session(b: &Arc<LocalBackend>) -> Result<Ended, ClientError> {
     if stale(b, plan.generation) {
         return Ok(Ended::Restart);
     }
-    poll(b, &conn, plan.generation).await
+    poll(b, &conn, plan.generation, got_netmap).await
 }
 
 /// The node public key of `k`, or the zero key for "no key" (Go sends zeros).
@@ -197,7 +212,7 @@ async fn register(
                 if inner.auth_url != url {
                     log::info!("control: to authenticate, visit: {url}");
                     inner.auth_url = url.clone();
-                    b.publish(Event::BrowseToUrl(url.clone()));
+                    b.publish(Notify::browse_to(&url));
                 }
                 b.set_state(&mut inner, BackendState::NeedsLogin);
             }
@@ -225,21 +240,32 @@ async fn register(
 }
 
 fn map_request(b: &LocalBackend, stream: bool) -> Option<MapRequest> {
-    let inner = b.lock();
+    let mut inner = b.lock();
     let node_key = inner.prefs.node_private_key()?;
+    // This request carries the current Hostinfo.
+    inner.hostinfo_dirty = false;
+    // Paths knows STUN-mapped endpoints and our home DERP region; before its first
+    // report, the local interface addresses are all we have.
+    let report = b.paths.report();
+    let (endpoints, endpoint_types) = if report.endpoints.is_empty() {
+        let local = hostinfo::local_endpoints(b.engine.port(), b.engine.tun_name());
+        let types = vec![ringscale_control::paths::ENDPOINT_LOCAL; local.len()];
+        (local, types)
+    } else {
+        report.endpoints.iter().copied().unzip()
+    };
+    let mut hostinfo = hostinfo::hostinfo(&inner.prefs);
+    hostinfo.net_info = report.net_info();
     Some(MapRequest {
         version: CAPABILITY_VERSION,
         keep_alive: stream,
         node_key: node_key.node_public(),
+        disco_key: b.paths.disco_key(),
         stream,
-        hostinfo: Some(hostinfo::hostinfo(&inner.prefs)),
-        endpoints: hostinfo::local_endpoints(b.engine.port(), b.engine.tun_name()),
-        endpoint_types: Vec::new(),
+        hostinfo: Some(hostinfo),
+        endpoints,
+        endpoint_types,
         ..Default::default()
-    })
-    .map(|mut r| {
-        r.endpoint_types = vec![1; r.endpoints.len()];
-        r
     })
 }
 
@@ -248,6 +274,7 @@ async fn poll(
     b: &Arc<LocalBackend>,
     conn: &ControlConnection,
     generation: u64,
+    got_netmap: &mut bool,
 ) -> Result<Ended, ClientError> {
     let Some(req) = map_request(b, true) else {
         return Ok(Ended::Idle);
@@ -262,6 +289,8 @@ async fn poll(
             );
             let mut inner = b.lock();
             inner.need_register = true;
+            // An auth key we still hold (from --config or `up`) logs in again at once.
+            inner.login_requested = inner.auth_key.is_some();
             b.set_state(&mut inner, BackendState::NeedsLogin);
             return Ok(Ended::Idle);
         }
@@ -275,16 +304,39 @@ async fn poll(
                 if stale(b, generation) {
                     return Ok(Ended::Restart);
                 }
-                // Prefs that only change how the netmap is used (routes, exit node).
-                let mut inner = b.lock();
-                b.reconfigure_engine(&mut inner);
+                // Prefs that only change how the netmap is used (routes, exit node),
+                // and Hostinfo changes control must hear about.
+                let dirty = {
+                    let mut inner = b.lock();
+                    b.reconfigure_engine(&mut inner);
+                    std::mem::take(&mut inner.hostinfo_dirty)
+                };
+                if dirty {
+                    if let Some(req) = map_request(b, false) {
+                        client::lite_update(conn, &req).await?;
+                    }
+                }
+                continue;
+            }
+            _ = b.paths.changed() => {
+                // New endpoints or home DERP region: tell control (a lite update).
+                if let Some(req) = map_request(b, false) {
+                    client::lite_update(conn, &req).await?;
+                }
                 continue;
             }
         };
         let Some(msg) = msg else {
             return Err(ClientError::Framing("control ended the map stream".into()));
         };
+        // A logout or new login while the message was in flight: it belongs to a
+        // session that no longer counts.
+        if stale(b, generation) {
+            return Ok(Ended::Restart);
+        }
+        let keep_alive = msg.keep_alive;
         apply(b, &mut netmap, msg)?;
+        *got_netmap |= !keep_alive;
     }
 }
 
@@ -324,6 +376,13 @@ fn apply(b: &LocalBackend, netmap: &mut NetMap, mut msg: MapResponse) -> Result<
     }
     inner.netmap = Some(Arc::new(netmap.clone()));
     b.reconfigure_engine(&mut inner);
+    if let Some(key) = inner.prefs.node_private_key() {
+        let endpoints = hostinfo::local_endpoints(b.engine.port(), b.engine.tun_name());
+        b.paths
+            .update(ringscale_control::paths::PathsUpdate::from_netmap(
+                netmap, key, endpoints,
+            ));
+    }
     drop(inner);
     log::debug!(
         "netmap: {} peers (+{} -{} ~{})",
@@ -332,7 +391,14 @@ fn apply(b: &LocalBackend, netmap: &mut NetMap, mut msg: MapResponse) -> Result<
         update.peers_removed,
         update.peers_modified
     );
-    b.publish(Event::NetMap);
+    if update.self_changed {
+        if let Some(node) = &netmap.self_node {
+            b.publish(Notify {
+                self_change: Some(node.clone()),
+                ..Notify::default()
+            });
+        }
+    }
     Ok(())
 }
 

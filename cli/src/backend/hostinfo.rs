@@ -50,6 +50,8 @@ pub fn hostinfo(prefs: &Prefs) -> Hostinfo {
         ..Default::default()
     };
     prefs.apply_to_hostinfo(&mut hi);
+    // PeerAPI ports and the DoH capability (always sent, even without CollectServices).
+    hi.services.extend(super::dns::advertised_services());
     hi
 }
 

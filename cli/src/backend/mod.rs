@@ -2,54 +2,23 @@
 //! the state file, the netmap and the engine, and the control task that keeps the node
 //! registered and its netmap current. The LocalAPI reads and edits it; the control task
 //! ([`control_loop`]) runs the protocol steps from `ringscale_control::client`.
-#![allow(dead_code)] // parts are used only by the LocalAPI, which lands next
 
+pub mod api;
 pub mod control_loop;
+pub mod dns;
 pub mod hostinfo;
 
+use ringscale_control::ipn::{EmptyMessage, Notify};
 use ringscale_control::netmap::NetMap;
 use ringscale_control::prefs::{LoginProfile, MaskedPrefs, Prefs};
 use ringscale_control::state::{new_profile_id, StateError, StateStore};
 use ringscale_control::tailcfg::{PrivateKey, UserProfile};
 use ringscale_dataplane::{Config, Engine};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
-/// ipn.State, with Go's numbering (it appears as a number in Notify JSON).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendState {
-    NoState = 0,
-    NeedsLogin = 2,
-    NeedsMachineAuth = 3,
-    Stopped = 4,
-    Starting = 5,
-    Running = 6,
-}
-
-impl BackendState {
-    /// The name `tailscale status --json` shows as BackendState.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendState::NoState => "NoState",
-            BackendState::NeedsLogin => "NeedsLogin",
-            BackendState::NeedsMachineAuth => "NeedsMachineAuth",
-            BackendState::Stopped => "Stopped",
-            BackendState::Starting => "Starting",
-            BackendState::Running => "Running",
-        }
-    }
-}
-
-/// What the backend tells watchers (the IPN bus).
-#[derive(Clone, Debug)]
-pub enum Event {
-    State(BackendState),
-    BrowseToUrl(String),
-    Prefs(Box<Prefs>),
-    NetMap,
-    Error(String),
-    LoginFinished,
-}
+/// The backend's state, as Go's ipn.State.
+pub use ringscale_control::ipn::State as BackendState;
 
 /// Mutable state behind one lock; never held across an await.
 pub struct Inner {
@@ -72,32 +41,40 @@ pub struct Inner {
     pub generation: u64,
     pub ephemeral: bool,
     pub last_error: String,
+    /// A login was asked for (`up` with an auth key, `login`, `--config`): only then
+    /// does a node without a registered key register, as Go's backend waits for
+    /// `login-interactive` instead of starting a login on its own.
+    pub login_requested: bool,
+    /// Hostinfo changed since control last saw it (routes, hostname, PeerAPI ports).
+    pub hostinfo_dirty: bool,
 }
 
 pub struct LocalBackend {
     inner: Mutex<Inner>,
     /// Wakes the control task: prefs or login changed.
-    pub wake: Notify,
-    pub bus: broadcast::Sender<Event>,
+    pub wake: tokio::sync::Notify,
+    pub bus: broadcast::Sender<Notify>,
     pub engine: Engine,
+    /// quad-100's configuration, the host's resolv.conf, the PeerAPI.
+    pub dns: dns::Dns,
+    /// Disco, DERP and the path each peer takes (runs beside the control task).
+    pub paths: Arc<ringscale_control::paths::Paths>,
     /// A key for the engine while logged out, so it never runs with a registered key
     /// that control no longer knows.
     idle_key: PrivateKey,
+    /// Table 52, the policy rules and netfilter (issue 8); empty while not running.
+    pub router: ringscale_dataplane::router::Router,
 }
 
 #[derive(Debug)]
 pub enum BackendError {
     State(StateError),
-    Engine(String),
-    Invalid(String),
 }
 
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BackendError::State(e) => write!(f, "{e}"),
-            BackendError::Engine(e) => write!(f, "data plane: {e}"),
-            BackendError::Invalid(e) => f.write_str(e),
         }
     }
 }
@@ -114,6 +91,7 @@ impl LocalBackend {
         mut store: StateStore,
         engine: Engine,
         ephemeral: bool,
+        dns: dns::Dns,
     ) -> Result<LocalBackend, BackendError> {
         let machine_key = store.load_or_create_machine_key()?;
         let (profile, prefs) = match store.current_profile()? {
@@ -135,7 +113,13 @@ impl LocalBackend {
             (true, false) => BackendState::Stopped,
             (true, true) => BackendState::Starting,
         };
-        let (bus, _) = broadcast::channel(64);
+        let (bus, _) = broadcast::channel(256);
+        let paths = ringscale_control::paths::Paths::new(&engine);
+        // Routes go to table 52 (the router), not main.
+        if let Err(e) = engine.leave_routes_to_router() {
+            log::warn!("moving routes out of the main table: {e}");
+        }
+        let router = ringscale_dataplane::router::Router::new(engine.ifindex());
         Ok(LocalBackend {
             inner: Mutex::new(Inner {
                 store,
@@ -151,11 +135,16 @@ impl LocalBackend {
                 generation: 0,
                 ephemeral,
                 last_error: String::new(),
+                hostinfo_dirty: false,
+                login_requested: false,
             }),
-            wake: Notify::new(),
+            wake: tokio::sync::Notify::new(),
             bus,
             engine,
+            dns,
+            paths,
             idle_key: PrivateKey::generate(),
+            router,
         })
     }
 
@@ -165,15 +154,15 @@ impl LocalBackend {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn publish(&self, ev: Event) {
-        let _ = self.bus.send(ev);
+    pub fn publish(&self, n: Notify) {
+        let _ = self.bus.send(n);
     }
 
     pub fn set_state(&self, inner: &mut Inner, state: BackendState) {
         if inner.state != state {
             log::info!("state: {} -> {}", inner.state.as_str(), state.as_str());
             inner.state = state;
-            self.publish(Event::State(state));
+            self.publish(Notify::state(state));
         }
     }
 
@@ -187,6 +176,13 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// Tells the control task to send control our new Hostinfo (a lite map update),
+    /// without dropping the map session.
+    pub fn hostinfo_changed(&self, inner: &mut Inner) {
+        inner.hostinfo_dirty = true;
+        self.wake.notify_one();
+    }
+
     /// Tells the control task to start over with the current prefs and login.
     pub fn restart_control(&self, inner: &mut Inner) {
         inner.generation += 1;
@@ -196,13 +192,43 @@ impl LocalBackend {
     /// Pushes the configuration for the current netmap and prefs into the engine, or an
     /// empty one when not running.
     pub fn reconfigure_engine(&self, inner: &mut Inner) {
+        let running = inner.prefs.want_running && inner.state == BackendState::Running;
+        if self
+            .dns
+            .update(&self.engine, inner.netmap.as_ref(), &inner.prefs, running)
+        {
+            // New PeerAPI ports: control learns them from a lite map update.
+            self.hostinfo_changed(inner);
+        }
+        // The host's interfaces: what "the LAN" is for an exit node and its users.
+        let host = ringscale_dataplane::router::ifaddrs::interface_addrs().unwrap_or_else(|e| {
+            log::warn!("listing interface addresses: {e}");
+            Vec::new()
+        });
         let cfg = match (
             &inner.netmap,
             inner.prefs.want_running && inner.state == BackendState::Running,
         ) {
             (Some(nm), true) => match ringscale_control::netmap::dataplane_config(nm, &inner.prefs)
             {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    let mut f =
+                        ringscale_control::hostconfig::filter_config(nm, &inner.prefs, &host);
+                    // PeerAPI checks its callers itself; Go lets it past the rules.
+                    for svc in dns::advertised_services() {
+                        use ringscale_control::dnsmap::{SERVICE_PEERAPI4, SERVICE_PEERAPI6};
+                        let v6 = match svc.proto.as_str() {
+                            SERVICE_PEERAPI4 => false,
+                            SERVICE_PEERAPI6 => true,
+                            _ => continue,
+                        };
+                        for a in nm.self_addresses().iter().filter(|a| a.is_ipv4() != v6) {
+                            f.open_tcp.push((a.addr(), svc.port));
+                        }
+                    }
+                    c.filter = Some(f);
+                    c
+                }
                 Err(e) => {
                     log::warn!("netmap gives no data-plane configuration: {e}");
                     return;
@@ -210,6 +236,7 @@ impl LocalBackend {
             },
             _ => self.idle_config(inner),
         };
+        self.apply_router(inner, running, &host);
         if inner.engine_config.as_ref() == Some(&cfg) {
             return;
         }
@@ -226,6 +253,36 @@ impl LocalBackend {
         inner.engine_config = Some(cfg);
     }
 
+    /// Table 52, the policy rules and netfilter for the current netmap and prefs; all
+    /// of it removed when not running (`down`, logout).
+    fn apply_router(
+        &self,
+        inner: &mut Inner,
+        running: bool,
+        host: &[ringscale_dataplane::router::ifaddrs::InterfaceAddr],
+    ) {
+        let rc = match (&inner.netmap, running) {
+            (Some(nm), true) => Some(ringscale_control::hostconfig::router_config(
+                nm,
+                &inner.prefs,
+                host,
+                self.engine.tun_name(),
+                self.engine.port(),
+            )),
+            _ => None,
+        };
+        if let Err(e) = self.router.set(rc.as_ref()) {
+            inner.last_error = format!("host configuration: {e}");
+        }
+    }
+
+    /// Removes everything the router put on the host; the daemon calls it on exit.
+    pub fn shutdown_host(&self) {
+        if let Err(e) = self.router.close() {
+            log::warn!("removing host configuration: {e}");
+        }
+    }
+
     /// No peers and no addresses: what a stopped or logged-out node forwards.
     pub fn idle_config(&self, inner: &Inner) -> Config {
         let key = inner.prefs.node_private_key().unwrap_or(self.idle_key);
@@ -235,6 +292,7 @@ impl LocalBackend {
             addresses: Vec::new(),
             mtu: ringscale_dataplane::config::DEFAULT_MTU,
             peers: Vec::new(),
+            filter: None,
         }
     }
 
@@ -249,11 +307,14 @@ impl LocalBackend {
         self.save(&mut inner)?;
         self.after_prefs_change(&mut inner, &before);
         let prefs = inner.prefs.clone();
-        self.publish(Event::Prefs(Box::new(prefs.clone())));
+        self.publish(Notify {
+            prefs: Some(crate::localapi::sanitized_prefs(prefs.clone())),
+            ..Notify::default()
+        });
         Ok(prefs)
     }
 
-    fn after_prefs_change(&self, inner: &mut Inner, before: &Prefs) {
+    pub(crate) fn after_prefs_change(&self, inner: &mut Inner, before: &Prefs) {
         let p = inner.prefs.clone();
         let logged_in = p.node_private_key().is_some() && !p.logged_out;
         if p.control_url != before.control_url && !before.control_url.is_empty() {
@@ -269,11 +330,16 @@ impl LocalBackend {
             || p.advertise_routes != before.advertise_routes
             || p.advertise_tags != before.advertise_tags
             || p.shields_up != before.shields_up;
-        if p.want_running != before.want_running
-            || p.control_url != before.control_url
-            || hostinfo_changed
-        {
+        if p.want_running != before.want_running || p.control_url != before.control_url {
             self.restart_control(inner);
+        } else if hostinfo_changed {
+            self.hostinfo_changed(inner);
+        }
+        if p.advertise_routes != before.advertise_routes && !p.advertise_routes.is_empty() {
+            // Go's health warning `ip-forwarding-off`, in the log.
+            if let Some(w) = crate::localapi::forwarding::check_host() {
+                log::warn!("{w}");
+            }
         }
         self.reconfigure_engine(inner);
     }
@@ -281,12 +347,16 @@ impl LocalBackend {
     /// `tailscale up`/`login`: remember the auth key for the next registration and start.
     pub fn start_login(&self, auth_key: Option<String>, force_reauth: bool) {
         let mut inner = self.lock();
+        // The auth key is kept for whenever a login is needed (now, or after control
+        // forgets the node), but a node that is logged in does not register again just
+        // because one was given: `tailscaled --config` with an AuthKey restarts from
+        // the state file without a new registration.
         if let Some(k) = auth_key.filter(|k| !k.is_empty()) {
             inner.auth_key = Some(k);
-            inner.need_register = true;
         }
         if force_reauth || inner.prefs.node_private_key().is_none() || inner.prefs.logged_out {
             inner.need_register = true;
+            inner.login_requested = true;
         }
         inner.prefs.want_running = true;
         if inner.need_register {
@@ -317,11 +387,15 @@ impl LocalBackend {
         inner.profile.name = user.login_name.clone();
         inner.profile.control_url = inner.prefs.control_url.clone();
         inner.need_register = false;
+        inner.login_requested = false;
         inner.auth_url.clear();
         inner.auth_key = None;
         self.save(&mut inner)?;
         self.set_state(&mut inner, BackendState::Starting);
-        self.publish(Event::LoginFinished);
+        self.publish(Notify {
+            login_finished: Some(EmptyMessage {}),
+            ..Notify::default()
+        });
         Ok(())
     }
 
@@ -334,6 +408,7 @@ impl LocalBackend {
         inner.prefs.persist = None;
         inner.netmap = None;
         inner.need_register = true;
+        inner.login_requested = false;
         inner.auth_key = None;
         if !inner.ephemeral {
             let id = inner.profile.id.clone();

@@ -99,7 +99,7 @@ impl AsyncWrite for ControlIo {
 
 /// Opens TCP (and TLS for `https://`) to the control server.
 async fn dial(url: &ControlUrl, step: &'static str) -> Result<ControlIo, Error> {
-    let tcp = TcpStream::connect((url.host.as_str(), url.port))
+    let tcp = crate::bypass::connect(url.host.as_str(), url.port)
         .await
         .map_err(|source| Error::Connect {
             step,

@@ -12,7 +12,7 @@ pub mod http1;
 pub mod server;
 pub mod stream;
 #[cfg(feature = "tls")]
-mod tls;
+pub(crate) mod tls;
 pub mod url;
 
 use std::fmt;

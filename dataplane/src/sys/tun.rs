@@ -73,7 +73,7 @@ impl Tun {
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is laid out as.
-        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) })
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) })
             .map_err(|e| io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")))?;
         let len = req
             .name
@@ -85,7 +85,7 @@ impl Tun {
         if vnet_hdr {
             let size = VNET_HDR_LEN as libc::c_int;
             // SAFETY: TUNSETVNETHDRSZ reads an int.
-            cvt(unsafe { libc::ioctl(tun.fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) })?;
+            cvt(unsafe { libc::ioctl(tun.fd.as_raw_fd(), TUNSETVNETHDRSZ as _, &size) })?;
         }
         Ok(tun)
     }
@@ -94,8 +94,14 @@ impl Tun {
     /// not know, so callers probe with fewer flags on error.
     pub fn set_offload(&self, flags: u32) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes the flags as the argument value.
-        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) })
-            .map(drop)
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                flags as libc::c_ulong,
+            )
+        })
+        .map(drop)
     }
 
     pub fn name(&self) -> &str {

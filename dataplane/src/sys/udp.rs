@@ -111,9 +111,9 @@ pub fn for_socket(sock_is_v6: bool, addr: SocketAddr) -> SocketAddr {
     }
 }
 
-const SOL_UDP: libc::c_int = 17;
-const UDP_SEGMENT: libc::c_int = 103;
-const UDP_GRO: libc::c_int = 104;
+pub(crate) const SOL_UDP: libc::c_int = 17;
+pub(crate) const UDP_SEGMENT: libc::c_int = 103;
+pub(crate) const UDP_GRO: libc::c_int = 104;
 
 /// Binds `port` with SO_REUSEPORT so each worker can own a socket on the same port;
 /// the kernel spreads peers (4-tuples) over them, keeping each flow on one socket.
@@ -170,13 +170,13 @@ pub fn gso_supported(sock: &UdpSocket) -> bool {
 }
 
 /// A socket address in the form the kernel takes.
-struct RawAddr {
-    storage: libc::sockaddr_storage,
-    len: libc::socklen_t,
+pub(crate) struct RawAddr {
+    pub(crate) storage: libc::sockaddr_storage,
+    pub(crate) len: libc::socklen_t,
 }
 
 impl RawAddr {
-    fn from(addr: SocketAddr) -> RawAddr {
+    pub(crate) fn from(addr: SocketAddr) -> RawAddr {
         // SAFETY: sockaddr_storage is plain data; zero is a valid value.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let len = match addr {
@@ -203,7 +203,7 @@ impl RawAddr {
         }
     }
 
-    fn to_socket_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn to_socket_addr(&self) -> Option<SocketAddr> {
         match self.storage.ss_family as i32 {
             libc::AF_INET => {
                 // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
@@ -247,11 +247,11 @@ pub fn send_segmented(
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: CMSG_* compute sizes and walk the buffer we own.
         unsafe {
-            msg.msg_controllen = libc::CMSG_SPACE(2) as usize;
+            msg.msg_controllen = libc::CMSG_SPACE(2) as _;
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = SOL_UDP;
             (*cmsg).cmsg_type = UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
         }
     }
@@ -279,7 +279,7 @@ pub fn recv_segmented(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, So
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: `msg` is fully initialised above.
     let n = super::cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) })?;
     addr.len = msg.msg_namelen;
