@@ -370,7 +370,12 @@ fn exit_id(server: &ControlServer) -> String {
 }
 
 #[test]
-#[ignore = "flaky: the forward iperf3 run through the exit node stalls intermittently under load (issue 8 stays open); run with --ignored"]
+// Known bug (issue 8 stays open): under strict rp_filter the client ignores the exit
+// node's ARP requests (table 52 routes the LAN into the tunnel and ARP carries no bypass
+// mark), so forwarding stalls once the ARP entry expires (~30 s). Namespaces inherit the
+// host's rp_filter, so whether this test passes depends on the host; the fix is an
+// `arp`-family nft rule marking incoming ARP (see the issue note).
+#[ignore = "known bug: stalls under strict rp_filter (issue 8); run with --ignored"]
 fn exit_node_snat_lan_access_down_and_cleanup() {
     let lan = Lan::new("xnh", "10.81.0");
     let server = start_control(&lan);
