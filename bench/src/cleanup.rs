@@ -139,4 +139,7 @@ pub fn remove_netns(name: &str) {
         .args(["netns", "del", name])
         .stderr(std::process::Stdio::null())
         .status();
+    // The namespace's own resolv.conf, which the test bed's `Netns::new` made so that a
+    // tailnet daemon's DNS setup never touches the host's /etc/resolv.conf.
+    let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(name));
 }

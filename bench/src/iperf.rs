@@ -35,14 +35,14 @@ pub struct Params<'a> {
 
 /// Runs one iperf3 test; bounded by the duration plus a margin, and by Ctrl-C.
 pub fn run(bed: &Bed, p: &Params) -> Result<Outcome, String> {
-    let mut server = bed.server.command(p.iperf3);
+    let mut server = bed.server().command(p.iperf3);
     server
         .args(["-s", "-1", "-p", PORT])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let _server = Proc::spawn(server);
     let listening = wait_until(Duration::from_secs(5), || {
-        bed.server
+        bed.server()
             .ns
             .command("ss")
             .args(["-Hltn", &format!("sport = :{PORT}")])
@@ -56,7 +56,7 @@ pub fn run(bed: &Bed, p: &Params) -> Result<Outcome, String> {
 
     let out_path = bed.logs.path.join("iperf3-client.json");
     let out = std::fs::File::create(&out_path).map_err(|e| format!("{out_path:?}: {e}"))?;
-    let mut client = bed.client.command(p.iperf3);
+    let mut client = bed.client().command(p.iperf3);
     client
         .args([
             "-c",
@@ -72,11 +72,14 @@ pub fn run(bed: &Bed, p: &Params) -> Result<Outcome, String> {
     if p.test.reverse {
         client.arg("-R");
     }
-    if p.test.udp {
+    if p.test.udp() {
         // IPv4 + UDP headers are 28 bytes: the largest datagram that fits the MTU.
         let len = p.mtu.saturating_sub(28).max(64);
+        // -w: 4 MiB socket buffers (the most net.core.rmem_max allows here) on both
+        // iperf3 ends; with the default 208 KiB iperf3's own receiver overflows at a few
+        // hundred Mbit/s even on plain veth, and the knee would be iperf3's.
         client
-            .args(["-u", "-b", p.udp_rate])
+            .args(["-u", "-b", p.udp_rate, "-w", "4M"])
             .args(["-l", &len.to_string()]);
     }
     // With --json, errors are in the JSON too.

@@ -25,7 +25,7 @@ pub fn process_ticks(pid: u32) -> Option<u64> {
 
 /// Fields after the command name, which is in parentheses and may itself hold spaces
 /// or parentheses: the last ')' ends it. utime and stime are fields 14 and 15.
-fn parse_stat_ticks(stat: &str) -> Option<u64> {
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state).
@@ -93,6 +93,22 @@ pub fn iface_drops(ns: &Netns, ifname: &str) -> Option<u64> {
     Some(s["rx"]["dropped"].as_u64()? + s["tx"]["dropped"].as_u64()?)
 }
 
+/// VmRSS and VmHWM (peak resident set) of a process, in KiB, from /proc/PID/status.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_memory(&text)
+}
+
+fn parse_memory(status: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 /// Counters taken before and after a run.
 pub struct Snapshot {
     at: Instant,
@@ -100,6 +116,8 @@ pub struct Snapshot {
     machine_busy: Option<u64>,
     rcvbuf_errors: Option<u64>,
     tun_drops: Option<u64>,
+    relay_ticks: Option<u64>,
+    relayed_packets: Option<u64>,
 }
 
 fn sum_opt(it: impl Iterator<Item = Option<u64>>) -> Option<u64> {
@@ -108,7 +126,7 @@ fn sum_opt(it: impl Iterator<Item = Option<u64>>) -> Option<u64> {
 
 impl Snapshot {
     pub fn take(bed: &Bed) -> Snapshot {
-        let hosts = bed.hosts();
+        let hosts = &bed.hosts;
         Snapshot {
             at: Instant::now(),
             tunnel_ticks: if bed.tunnel.is_empty() {
@@ -127,6 +145,8 @@ impl Snapshot {
                         .map(|t| iface_drops(&hosts[t.host].ns, &t.name)),
                 )
             },
+            relay_ticks: bed.hub.as_ref().and_then(|_| crate::hub::relay_cpu_ticks()),
+            relayed_packets: bed.hub.as_ref().map(|h| h.relayed()),
         }
     }
 }
@@ -139,6 +159,10 @@ pub struct Delta {
     pub machine_busy_cores: Option<f64>,
     pub udp_rcvbuf_errors: Option<u64>,
     pub tun_drops: Option<u64>,
+    /// CPU seconds of the DERP relay thread (tailnet cases only).
+    pub relay_cpu_s: Option<f64>,
+    /// Packets the DERP relay carried (tailnet cases only).
+    pub relayed_packets: Option<u64>,
 }
 
 pub fn delta(a: &Snapshot, b: &Snapshot) -> Delta {
@@ -151,6 +175,8 @@ pub fn delta(a: &Snapshot, b: &Snapshot) -> Delta {
         machine_busy_cores: diff(a.machine_busy, b.machine_busy).map(|t| t as f64 / hz / wall_s),
         udp_rcvbuf_errors: diff(a.rcvbuf_errors, b.rcvbuf_errors),
         tun_drops: diff(a.tun_drops, b.tun_drops),
+        relay_cpu_s: diff(a.relay_ticks, b.relay_ticks).map(|t| t as f64 / hz),
+        relayed_packets: diff(a.relayed_packets, b.relayed_packets),
     }
 }
 
@@ -172,6 +198,14 @@ mod tests {
                     Udp: 10 0 7 9 5 0\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 99\n";
         assert_eq!(parse_snmp(text, "Udp:", "RcvbufErrors"), Some(5));
         assert_eq!(parse_snmp(text, "Udp:", "Nope"), None);
+    }
+
+    #[test]
+    fn memory_from_status() {
+        let status = "Name:\tringscale\nVmPeak:\t  20000 kB\nVmHWM:\t    9120 kB\n\
+                      VmRSS:\t    7004 kB\nThreads:\t5\n";
+        assert_eq!(parse_memory(status), Some((7004, 9120)));
+        assert_eq!(parse_memory("Name:\tx\nVmRSS:\t12 kB\n"), None);
     }
 
     #[test]

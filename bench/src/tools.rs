@@ -43,11 +43,11 @@ fn cargo() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cargo"))
 }
 
-pub fn prepare(opts: &Options, cases: &[Case]) -> Result<Tools, String> {
+pub fn prepare(opts: &Options, cases: &[&Case]) -> Result<Tools, String> {
     let needs = |f: fn(&Tunnel) -> bool| cases.iter().any(|c| f(&c.tunnel));
     let need_wggo = needs(|t| matches!(t, Tunnel::WireguardGo));
     let need_bt = needs(|t| matches!(t, Tunnel::Boringtun { .. }));
-    let need_rs = needs(|t| matches!(t, Tunnel::Ringscale { .. }));
+    let need_rs = needs(Tunnel::is_ringscale);
 
     // Debian packages: program name -> package.
     let mut wanted = vec![("iperf3", "iperf3"), ("wg", "wireguard-tools")];
