@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in iperf3:iperf3 wireguard-go:wireguard-go wg:wireguard-tools ping:iputils-ping \
             ip:iproute2 nc:netcat-openbsd socat:socat nft:nftables dig:dnsutils \
-            pip3:python3-pip zstd:zstd dnsmasq:dnsmasq-base setpriv:util-linux; do
+            pip3:python3-pip zstd:zstd dnsmasq:dnsmasq-base setpriv:util-linux openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
