@@ -3,20 +3,15 @@
 //! 52`, including `throw`), and dumping a table so that cleanup can empty it.
 //! Hand-written for the same reason as `sys::netlink`: a few fixed message shapes.
 
-use crate::sys::{cvt, cvt_size};
+use crate::sys::netlink::{addr_bytes, open, receive, send, transact, Msg};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_EXCL: u16 = 0x200;
@@ -71,131 +66,12 @@ pub struct DumpedRoute {
     pub oif: Option<u32>,
 }
 
-struct Msg {
-    buf: Vec<u8>,
-}
-
-impl Msg {
-    fn new(kind: u16, flags: u16) -> Msg {
-        let mut buf = Vec::with_capacity(96);
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(&kind.to_ne_bytes());
-        buf.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
-        buf.extend_from_slice(&1u32.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        Msg { buf }
-    }
-
-    fn bytes(&mut self, b: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(b);
-        self
-    }
-
-    fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Self {
-        self.buf
-            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-        self
-    }
-
-    fn finish(&mut self) -> &[u8] {
-        let len = self.buf.len() as u32;
-        self.buf[..4].copy_from_slice(&len.to_ne_bytes());
-        &self.buf
-    }
-}
-
 fn family(v6: bool) -> u8 {
     if v6 {
         libc::AF_INET6 as u8
     } else {
         libc::AF_INET as u8
     }
-}
-
-fn addr_bytes(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn open() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); checked before use.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    })?;
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn send(sock: &OwnedFd, msg: &[u8]) -> io::Result<()> {
-    // SAFETY: pointer and length describe `msg`; a zeroed sockaddr_nl is the kernel.
-    unsafe {
-        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        cvt_size(libc::sendto(
-            sock.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        ))?;
-    }
-    Ok(())
-}
-
-/// Reads replies until an acknowledgement (Ok/errno) or the end of a dump, handing
-/// every other message (kind, payload) to `each`.
-fn receive(sock: &OwnedFd, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: pointer and length describe `buf`.
-        let n = cvt_size(unsafe {
-            libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-        })?;
-        let mut rest = &buf[..n];
-        while rest.len() >= 16 {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if len < 16 || len > rest.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "malformed netlink reply",
-                ));
-            }
-            match kind {
-                NLMSG_ERROR if len >= 20 => {
-                    let errno = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
-                    return if errno == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-errno))
-                    };
-                }
-                NLMSG_DONE => return Ok(()),
-                _ => each(kind, &rest[16..len]),
-            }
-            rest = &rest[((len + 3) & !3).min(rest.len())..];
-        }
-    }
-}
-
-fn transact(msg: &mut Msg) -> io::Result<()> {
-    let sock = open()?;
-    let flags = u16::from_ne_bytes([msg.buf[6], msg.buf[7]]) | NLM_F_ACK;
-    msg.buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-    send(&sock, msg.finish())?;
-    receive(&sock, |_, _| {})
 }
 
 fn rule_msg(kind: u16, flags: u16, v6: bool, r: &Rule) -> Msg {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
@@ -39,30 +40,31 @@ const IFF_UP: u32 = 0x1;
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;
 
-/// A netlink request under construction: header, fixed part, attributes.
-struct Request {
-    buf: Vec<u8>,
+/// A netlink request under construction: header, fixed part, attributes. Shared by
+/// the interface setup here and the policy routing in `router::rtnl`.
+pub(crate) struct Msg {
+    pub(crate) buf: Vec<u8>,
 }
 
-impl Request {
-    fn new(kind: u16, flags: u16) -> Request {
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish()
+impl Msg {
+    pub(crate) fn new(kind: u16, flags: u16) -> Msg {
+        let mut buf = Vec::with_capacity(96);
+        buf.extend_from_slice(&0u32.to_ne_bytes());
         buf.extend_from_slice(&kind.to_ne_bytes());
-        buf.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        buf.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-        Request { buf }
+        buf.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+        buf.extend_from_slice(&1u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        Msg { buf }
     }
 
-    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+    pub(crate) fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(b);
         self
     }
 
-    fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Self {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    pub(crate) fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Self {
+        self.buf
+            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(data);
         while !self.buf.len().is_multiple_of(4) {
@@ -71,7 +73,7 @@ impl Request {
         self
     }
 
-    fn finish(&mut self) -> &[u8] {
+    pub(crate) fn finish(&mut self) -> &[u8] {
         let len = self.buf.len() as u32;
         self.buf[..4].copy_from_slice(&len.to_ne_bytes());
         &self.buf
@@ -85,17 +87,15 @@ fn family(addr: IpAddr) -> u8 {
     }
 }
 
-fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+pub(crate) fn addr_bytes(addr: IpAddr) -> Vec<u8> {
     match addr {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
-/// Sends one request and waits for its acknowledgement; a negative errno in the
-/// acknowledgement becomes the error.
-fn transact(req: &mut Request) -> io::Result<()> {
-    // SAFETY: plain socket(2); the result is checked before use.
+pub(crate) fn open() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); checked before use.
     let fd = cvt(unsafe {
         libc::socket(
             libc::AF_NETLINK,
@@ -103,10 +103,12 @@ fn transact(req: &mut Request) -> io::Result<()> {
             libc::NETLINK_ROUTE,
         )
     })?;
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let msg = req.finish();
-    // SAFETY: the pointer and length describe `msg`; a zeroed sockaddr_nl addresses the kernel.
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub(crate) fn send(sock: &OwnedFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: pointer and length describe `msg`; a zeroed sockaddr_nl is the kernel.
     unsafe {
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
         kernel.nl_family = libc::AF_NETLINK as u16;
@@ -119,33 +121,53 @@ fn transact(req: &mut Request) -> io::Result<()> {
             std::mem::size_of::<libc::sockaddr_nl>() as u32,
         ))?;
     }
-    let mut reply = [0u8; 1024];
+    Ok(())
+}
+
+/// Reads replies until an acknowledgement (Ok/errno) or the end of a dump, handing
+/// every other message (kind, payload) to `each`.
+pub(crate) fn receive(sock: &OwnedFd, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; 32 * 1024];
     loop {
-        // SAFETY: the pointer and length describe `reply`.
+        // SAFETY: pointer and length describe `buf`.
         let n = cvt_size(unsafe {
-            libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0)
+            libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
         })?;
-        let mut rest = &reply[..n];
+        let mut rest = &buf[..n];
         while rest.len() >= 16 {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
             if len < 16 || len > rest.len() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "short netlink reply",
+                    "malformed netlink reply",
                 ));
             }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let errno = i32::from_ne_bytes(rest[16..20].try_into().unwrap());
-                return if errno == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-errno))
-                };
+            match kind {
+                NLMSG_ERROR if len >= 20 => {
+                    let errno = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
+                    return if errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(-errno))
+                    };
+                }
+                NLMSG_DONE => return Ok(()),
+                _ => each(kind, &rest[16..len]),
             }
-            rest = &rest[(len + 3) & !3..];
+            rest = &rest[((len + 3) & !3).min(rest.len())..];
         }
     }
+}
+
+/// Sends one request and waits for its acknowledgement; a negative errno in the
+/// acknowledgement becomes the error.
+pub(crate) fn transact(msg: &mut Msg) -> io::Result<()> {
+    let sock = open()?;
+    let flags = u16::from_ne_bytes([msg.buf[6], msg.buf[7]]) | NLM_F_ACK;
+    msg.buf[6..8].copy_from_slice(&flags.to_ne_bytes());
+    send(&sock, msg.finish())?;
+    receive(&sock, |_, _| {})
 }
 
 pub fn link_index(name: &str) -> io::Result<u32> {
@@ -162,7 +184,7 @@ pub fn link_index(name: &str) -> io::Result<u32> {
 
 /// Sets the MTU and brings the link up.
 pub fn set_link_up(index: u32, mtu: u32) -> io::Result<()> {
-    let mut req = Request::new(RTM_NEWLINK, 0);
+    let mut req = Msg::new(RTM_NEWLINK, 0);
     // struct ifinfomsg: family, pad, type, index, flags, change
     req.bytes(&[libc::AF_UNSPEC as u8, 0])
         .bytes(&0u16.to_ne_bytes())
@@ -187,7 +209,7 @@ pub fn del_address(index: u32, a: IfAddr) -> io::Result<()> {
 }
 
 fn address(kind: u16, flags: u16, index: u32, a: IfAddr) -> io::Result<()> {
-    let mut req = Request::new(kind, flags);
+    let mut req = Msg::new(kind, flags);
     let bytes = addr_bytes(a.addr);
     // struct ifaddrmsg: family, prefixlen, flags, scope, index
     req.bytes(&[family(a.addr), a.prefix_len, 0, RT_SCOPE_UNIVERSE])
@@ -200,7 +222,7 @@ fn address(kind: u16, flags: u16, index: u32, a: IfAddr) -> io::Result<()> {
 
 fn route(kind: u16, flags: u16, index: u32, net: IpNetwork, table: u32) -> io::Result<()> {
     let (addr, len) = (net.network_address(), net.netmask());
-    let mut req = Request::new(kind, flags);
+    let mut req = Msg::new(kind, flags);
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
     let scope = if kind == RTM_DELROUTE {
         RT_SCOPE_UNIVERSE
