@@ -20,7 +20,7 @@
 
 use crate::offload::{Coalescer, Segmenter, VNET_HDR_LEN};
 use crate::sys::{tun::Tun, udp};
-use crate::wireguard::{Emit, PeerTable, MIN_OUT_BUF, WG_OVERHEAD};
+use crate::wireguard::{Emit, LookupMemo, PeerTable, MIN_OUT_BUF, WG_OVERHEAD};
 use parking_lot::Mutex;
 use std::fmt;
 use std::io;
@@ -37,10 +37,10 @@ pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
 pub(crate) const MAX_PACKET: usize = 65_535;
 /// Size of one transmit buffer: room for the output of a whole 64 KB TUN read (MTU-sized
 /// segments grow by their headers and the WireGuard overhead) with space to spare.
-pub(crate) const TX_BUFFER: usize = 2 * MAX_PACKET;
+pub const TX_BUFFER: usize = 2 * MAX_PACKET;
 /// Size of the buffer a receive is decrypted (and coalesced) into: the decrypted
 /// packets are smaller than the datagrams, plus one virtio_net_hdr per packet.
-pub(crate) const RX_OUT_BUFFER: usize = 2 * MAX_PACKET + GSO_MAX_SEGMENTS * VNET_HDR_LEN;
+pub const RX_OUT_BUFFER: usize = 2 * MAX_PACKET + GSO_MAX_SEGMENTS * VNET_HDR_LEN;
 
 /// What the kernel agreed to do for us, probed once at start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -210,6 +210,7 @@ impl Encryptor {
         if tx.rewind() {
             self.batch = Batch::default();
         }
+        let mut memo = LookupMemo::default();
         if tun_tso {
             let seg = match Segmenter::from_tun_read(read) {
                 Ok(s) => s,
@@ -220,7 +221,9 @@ impl Encryptor {
             };
             for i in 0..seg.segment_count() {
                 match seg.write_segment(i, &mut self.scratch) {
-                    Ok(len) => self.batch.encrypt(table, &self.scratch[..len], tx),
+                    Ok(len) => self
+                        .batch
+                        .encrypt(table, &mut memo, &self.scratch[..len], tx),
                     Err(e) => {
                         log::debug!("segmenting: {e}");
                         break;
@@ -228,14 +231,20 @@ impl Encryptor {
                 }
             }
         } else {
-            self.batch.encrypt(table, read, tx);
+            self.batch.encrypt(table, &mut memo, read, tx);
         }
         self.batch.flush(tx);
     }
 }
 
 impl Batch {
-    fn encrypt(&mut self, table: &PeerTable, pkt: &[u8], tx: &mut impl Transmit) {
+    fn encrypt<'t>(
+        &mut self,
+        table: &'t PeerTable,
+        memo: &mut LookupMemo<'t>,
+        pkt: &[u8],
+        tx: &mut impl Transmit,
+    ) {
         // boringtun needs the packet plus its overhead, and a whole handshake message,
         // at the tail.
         let need = pkt.len() + WG_OVERHEAD + MIN_OUT_BUF;
@@ -253,7 +262,7 @@ impl Batch {
         let buf = tx.buffer();
         let base = buf.as_ptr() as usize;
         let mut sent: Option<(SocketAddr, usize, usize)> = None;
-        table.encapsulate(pkt, &mut buf[self.end..], &mut |e| {
+        table.encapsulate_with(memo, pkt, &mut buf[self.end..], &mut |e| {
             if let Emit::Network(to, wire) = e {
                 sent = Some((to, wire.as_ptr() as usize - base, wire.len()));
             }
@@ -388,12 +397,13 @@ impl Decryptor {
         spans.clear();
         let base = dst.as_ptr() as usize;
         let mut used = 0;
+        let mut memo = LookupMemo::default();
         for dgram in data.chunks(seg) {
             if dst.len() - used < dgram.len() + MIN_OUT_BUF {
                 log::debug!("receive batch larger than the decryption buffer");
                 break;
             }
-            table.decapsulate(from, dgram, &mut dst[used..], &mut |e| match e {
+            table.decapsulate_with(&mut memo, from, dgram, &mut dst[used..], &mut |e| match e {
                 Emit::Network(to, wire) => reply(to, wire),
                 Emit::Tun(pkt) => {
                     let start = pkt.as_ptr() as usize - base;

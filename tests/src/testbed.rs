@@ -44,16 +44,22 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(label: &str) -> Netns {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(remove_stale_etc_dirs);
         let name = format!("rs-{label}-{}", unique_tag());
+        // The namespace first, and only then its /etc directory: `ip netns add` can
+        // fail (a name left by a killed run), and a directory made before it would be
+        // left behind with no namespace and no `Netns` to remove it on drop.
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
         // `ip netns exec` bind-mounts /etc/netns/<name>/resolv.conf over
         // /etc/resolv.conf when it exists: a daemon in the namespace that rewrites
-        // resolv.conf (MagicDNS, --accept-dns) then never touches the host's.
-        let etc = Path::new("/etc/netns").join(&name);
+        // resolv.conf (MagicDNS, --accept-dns) then never touches the host's. Nothing
+        // has run in the namespace yet, so every later `exec` sees the file.
+        let etc = Path::new("/etc/netns").join(&ns.name);
         if std::fs::create_dir_all(&etc).is_ok() {
             let _ = std::fs::write(etc.join("resolv.conf"), "# ringscale test namespace\n");
         }
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -133,6 +139,33 @@ impl Drop for Netns {
             .status();
         // The namespace's own resolv.conf made in `new`.
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}
+
+/// Removes `/etc/netns/rs-*` directories whose namespace no longer exists: what a
+/// killed or aborted run leaves (its `Netns` values are never dropped; its namespaces
+/// go at the latest with /run on reboot, the directories on disk stay). Only
+/// directories untouched for a minute: a namespace being created right now by a
+/// concurrent run built before `Netns::new` made the namespace first must keep its
+/// resolv.conf.
+fn remove_stale_etc_dirs() {
+    let Ok(entries) = std::fs::read_dir("/etc/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with("rs-")) else {
+            continue;
+        };
+        let idle = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
+        if idle && !Path::new("/run/netns").join(name).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -75,6 +75,34 @@ fn host_state(ns: &Netns) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that the host state of `ns` comes back to `before`, waiting (bounded) for
+/// it to settle: when the daemon has exited, the kernel may still be releasing its
+/// TUN (io_uring drops its file references from a work queue), and the routes
+/// through the TUN go only with it.
+fn assert_state_restored(ns: &Netns, before: &str, what: &str, log: &dyn Fn() -> String) {
+    let mut now = String::new();
+    let settled = poll(STEP, || {
+        now = host_state(ns);
+        now == before
+    });
+    assert!(
+        settled,
+        "{what}: host state not restored:\n{now}\nwas:\n{before}\nlinks:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&ns.try_sh("ip link").stdout),
+        log()
+    );
+}
+
+/// The name of the interface holding `addr` in `ns`.
+fn dev_with_addr(ns: &Netns, addr: &str) -> String {
+    let out = ns.sh(&format!("ip -o addr show to {addr}"));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no interface holds {addr}"))
+        .to_string()
+}
+
 struct Daemon {
     proc: Option<Proc>,
     ns: Netns,
@@ -370,12 +398,6 @@ fn exit_id(server: &ControlServer) -> String {
 }
 
 #[test]
-// Known bug (issue 8 stays open): under strict rp_filter the client ignores the exit
-// node's ARP requests (table 52 routes the LAN into the tunnel and ARP carries no bypass
-// mark), so forwarding stalls once the ARP entry expires (~30 s). Namespaces inherit the
-// host's rp_filter, so whether this test passes depends on the host; the fix is an
-// `arp`-family nft rule marking incoming ARP (see the issue note).
-#[ignore = "known bug: stalls under strict rp_filter (issue 8); run with --ignored"]
 fn exit_node_snat_lan_access_down_and_cleanup() {
     let lan = Lan::new("xnh", "10.81.0");
     let server = start_control(&lan);
@@ -397,6 +419,10 @@ fn exit_node_snat_lan_access_down_and_cleanup() {
     exit_ns.sh("ip -6 route add 2001:db8:113::/64 via fd00:18::2");
     exit_ns.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
     let client_ns = lan.join("xnc", 2);
+    // Strict reverse-path filtering on the client (Alpine's and many routers'
+    // default; namespaces otherwise inherit whatever the host has): with the LAN
+    // routed into the tunnel, the client must still answer the exit node's ARP.
+    client_ns.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1");
     let printer = lan.join("xnp", 50);
     let printer_addr: IpAddr = "10.81.0.50".parse().unwrap();
 
@@ -430,11 +456,9 @@ fn exit_node_snat_lan_access_down_and_cleanup() {
 
     // Using the exit node (by StableID), LAN access off (the default).
     client.stop();
-    assert_eq!(
-        host_state(&client.ns),
-        before_client,
-        "client state after SIGTERM"
-    );
+    assert_state_restored(&client.ns, &before_client, "client after SIGTERM", &|| {
+        client.log()
+    });
     client.start(serde_json::json!({"exitNode": exit_id(&server)}));
     client.wait_joined(&server);
     client.wait_state("default routes in table 52", |s| {
@@ -458,6 +482,32 @@ fn exit_node_snat_lan_access_down_and_cleanup() {
     assert_eq!(
         source_seen(&inet, INTERNET6.parse().unwrap(), 15101, &client.ns),
         Some("fd00:18::1".parse().unwrap())
+    );
+    // The exit node must be able to learn the client's MAC address again when its
+    // neighbour entry expires, which means the client must answer the exit node's
+    // ARP requests although table 52 routes their sender (on the LAN) into the
+    // tunnel. Deterministically: the client's entry for the exit node is pinned (so
+    // the client never ARPs, whose requests would teach the exit node its address
+    // as a side effect), and the exit node forgets the client, as on expiry.
+    let client_lan = lan.addr(2).to_string();
+    let exit_lan = lan.addr(3).to_string();
+    let exit_dev = dev_with_addr(&exit.ns, &exit_lan);
+    let exit_mac = exit
+        .ns
+        .sh(&format!("cat /sys/class/net/{exit_dev}/address"));
+    let exit_mac = String::from_utf8_lossy(&exit_mac.stdout).trim().to_string();
+    client.ns.sh(&format!(
+        "ip neigh replace {exit_lan} lladdr {exit_mac} nud permanent dev {}",
+        dev_with_addr(&client.ns, &client_lan)
+    ));
+    exit.ns
+        .try_sh(&format!("ip neigh del {client_lan} dev {exit_dev}"));
+    assert!(
+        client.ns.wait_ping(INTERNET, STEP),
+        "forwarding stalls once the exit node must ARP for the client; exit node's \
+         neighbours:\n{}\nclient host state:\n{}",
+        String::from_utf8_lossy(&exit.ns.try_sh("ip neigh").stdout),
+        host_state(&client.ns)
     );
     // The LAN goes into the tunnel; the exit node does not forward to its LAN
     // (private ranges are not "the internet"), so the printer is out of reach...
@@ -520,31 +570,22 @@ fn exit_node_snat_lan_access_down_and_cleanup() {
     // down (Enabled: false): everything removed while the daemon keeps running; the
     // internet is unreachable again.
     client.stop();
-    assert_eq!(
-        host_state(&client.ns),
-        before_client,
-        "client state after SIGTERM; links:\n{}\nlog:\n{}",
-        String::from_utf8_lossy(&client.ns.try_sh("ip link").stdout),
+    assert_state_restored(&client.ns, &before_client, "client after SIGTERM", &|| {
         client.log()
-    );
+    });
     // (No AuthKey: a config with one always starts a login.)
     client.start(
         serde_json::json!({"Enabled": false, "AuthKey": null, "exitNode": exit_id(&server)}),
     );
-    assert!(
-        poll(STEP, || host_state(&client.ns) == before_client),
-        "client state after down:\n{}\nwas:\n{before_client}\nlog:\n{}",
-        host_state(&client.ns),
+    assert_state_restored(&client.ns, &before_client, "client after down", &|| {
         client.log()
-    );
+    });
     assert!(!client.ns.ping(INTERNET));
     assert!(!client.ns.ping(INTERNET6));
     assert!(client.stop().success(), "daemon exit status");
-    assert_eq!(
-        host_state(&client.ns),
-        before_client,
-        "client state after exit"
-    );
+    assert_state_restored(&client.ns, &before_client, "client after exit", &|| {
+        client.log()
+    });
 
     // The exit node dies hard; --cleanup removes what it left.
     exit.kill9();
@@ -554,11 +595,9 @@ fn exit_node_snat_lan_access_down_and_cleanup() {
         "SIGKILL should leave state behind"
     );
     exit.cleanup();
-    assert_eq!(
-        host_state(&exit.ns),
-        before_exit,
-        "exit node state after --cleanup"
-    );
+    assert_state_restored(&exit.ns, &before_exit, "exit node after --cleanup", &|| {
+        exit.log()
+    });
 }
 
 #[test]
@@ -651,12 +690,9 @@ fn subnet_router_accept_routes_snat_and_acl() {
     // route back through the router).
     lanhost.sh("ip route add 100.64.0.0/10 via 192.168.77.1");
     router.stop();
-    assert_eq!(
-        host_state(&router.ns),
-        before_router,
-        "router state after SIGTERM; log:\n{}",
+    assert_state_restored(&router.ns, &before_router, "router after SIGTERM", &|| {
         router.log()
-    );
+    });
     router.start(serde_json::json!({"AdvertiseRoutes": ["192.168.77.0/24"], "DisableSNAT": true}));
     router.wait_joined(&server);
     router.wait_state("ts-postrouting without masquerade", |s| {
@@ -685,11 +721,9 @@ fn subnet_router_accept_routes_snat_and_acl() {
         s.contains("lookup 52") && !s.contains("ts-forward")
     });
     router.stop();
-    assert_eq!(
-        host_state(&router.ns),
-        before_router,
-        "router state at the end"
-    );
+    assert_state_restored(&router.ns, &before_router, "router at the end", &|| {
+        router.log()
+    });
     accepting.stop();
     plain.stop();
 }

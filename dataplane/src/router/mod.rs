@@ -203,8 +203,10 @@ impl Router {
             // On failure, forget what we think is installed so the next call retries.
             inst.netfilter = if res.is_ok() { nf.cloned() } else { None };
             note("netfilter", res);
-            // The rp_filter workaround restores marks on replies; rp_filter uses them
-            // only with src_valid_mark (Go sets it too).
+            // The rp_filter workaround puts the bypass mark back on replies to our
+            // own connections, and on incoming ARP requests (nft::arp_script); the
+            // reverse-path check (fib_validate_source) looks at a packet's mark only
+            // with src_valid_mark, which Go and wg-quick turn on as well.
             let on = inst
                 .netfilter
                 .as_ref()

@@ -17,6 +17,11 @@
 //! rules in place. Tables and base chains we had to create carry the comment
 //! [`OWNER`]; cleanup deletes those when nothing else lives in them, which leaves
 //! `nft list ruleset` as it was before we started.
+//!
+//! One addition Go does not have: a table of family `arp` of our own (built by
+//! [`arp_script`], in a transaction of its own) that marks incoming ARP requests
+//! as ours, so that strict rp_filter does not make us ignore our LAN neighbours'
+//! ARP while table 52 routes the LAN into the tunnel (see [`arp_script`]).
 
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
@@ -376,6 +381,54 @@ pub fn script(fam: Family, cfg: &NetfilterConfig, existing: &Existing, with_nat:
     s
 }
 
+/// Our table in the `arp` family (the name says whose it is; nothing else lives in
+/// it, so cleanup deletes it whole).
+pub const ARP_TABLE: &str = OWNER;
+
+/// The transaction for the ARP half of the rp_filter workaround: with `wanted`,
+/// (re)creates `table arp ringscale`, whose one rule sets the bypass mark on every
+/// incoming ARP request; otherwise deletes the table if it `exists`.
+///
+/// Why: a node using an exit node without `--exit-node-allow-lan-access` routes its
+/// own LAN prefix into the tunnel (table 52). Replying to an ARP request, the
+/// kernel (`arp_process` → `ip_route_input_noref` → `fib_validate_source`) checks
+/// the requester's address against the routes as if it were an IP packet's source;
+/// under strict rp_filter that lookup goes through table 52, answers "the TUN", not
+/// the interface the request came in on, and the request is dropped unanswered. The
+/// LAN neighbours (the gateway, or an exit node on the same LAN) then lose our MAC
+/// address when their entry expires, and the WireGuard traffic back to us stalls.
+/// The reverse-path lookup carries the packet's mark when `src_valid_mark` is on
+/// (which the router turns on together with these rules, as Go and wg-quick do),
+/// so a request marked here meets the rule at 5210 and is checked against the main
+/// table, as it was before we started. Only requests consult the routes, so replies
+/// are left alone (IP packets are the `ts-prerouting` chain's business); a TUN
+/// carries no ARP, so no interface needs excluding. One side effect: on a host that
+/// answers ARP for others (`proxy_arp`), that decision also looks at the main table
+/// instead of table 52, as it did before we started.
+pub fn arp_script(wanted: bool, exists: bool) -> String {
+    let t = ARP_TABLE;
+    let mut s = String::new();
+    if wanted {
+        let (mask, bypass) = (FWMARK_MASK, BYPASS_MARK);
+        // The form `nft list` prints for "clear our byte, set the bypass value".
+        let keep = !mask | bypass;
+        let _ = writeln!(s, "add table arp {t} {{ comment \"{OWNER}\"; }}");
+        // Before any ARP filtering (-150, where mangle sits for IP).
+        let _ = writeln!(
+            s,
+            "add chain arp {t} input {{ type filter hook input priority -150; policy accept; }}"
+        );
+        let _ = writeln!(s, "flush chain arp {t} input");
+        let _ = writeln!(
+            s,
+            "add rule arp {t} input arp operation request meta mark set meta mark & {keep:#010x} | {bypass:#010x}"
+        );
+    } else if exists {
+        let _ = writeln!(s, "delete table arp {t}");
+    }
+    s
+}
+
 /// The transaction that removes everything of ours from one family, given what is
 /// there now: jumps, our chains, and base chains and tables we created if they are
 /// otherwise empty.
@@ -464,8 +517,12 @@ pub fn run(script: &str) -> io::Result<()> {
 
 /// Lists one table; None if it does not exist.
 pub fn list_table(fam: Family, table: &str) -> io::Result<Option<TableListing>> {
+    list_family_table(fam.name(), table)
+}
+
+fn list_family_table(family: &str, table: &str) -> io::Result<Option<TableListing>> {
     let out = nft()?
-        .args(["-a", "list", "table", fam.name(), table])
+        .args(["-a", "list", "table", family, table])
         .stdin(Stdio::null())
         .output()?;
     if out.status.success() {
@@ -519,7 +576,28 @@ pub fn apply(cfg: &NetfilterConfig) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
+    // Its own transaction: a kernel without nf_tables ARP support
+    // (CONFIG_NF_TABLES_ARP) must not cost us the IP rules.
+    if let Err(e) = apply_arp(cfg.mode == NetfilterMode::On) {
+        log::warn!(
+            "ARP marking for strict rp_filter: {e} (with an exit node in use, LAN \
+             neighbours may stop reaching this host; rp_filter=2 avoids it)"
+        );
+    }
     Ok(())
+}
+
+/// Brings the ARP table to `wanted` (see [`arp_script`]).
+fn apply_arp(wanted: bool) -> io::Result<()> {
+    let exists = list_family_table("arp", ARP_TABLE)?.is_some();
+    let text = arp_script(wanted, exists);
+    run(&text).or_else(|e| {
+        if text.contains("comment") {
+            run(&text.replace(&format!(" comment \"{OWNER}\";"), ""))
+        } else {
+            Err(e)
+        }
+    })
 }
 
 /// Removes all of our netfilter state, from both families.
@@ -533,6 +611,9 @@ pub fn cleanup() -> io::Result<()> {
         if let Err(e) = res {
             first_err.get_or_insert(e);
         }
+    }
+    if let Err(e) = apply_arp(false) {
+        first_err.get_or_insert(e);
     }
     first_err.map_or(Ok(()), Err)
 }
@@ -665,6 +746,46 @@ mod tests {
         assert!(s.contains("delete rule ip filter FORWARD handle 12"));
         assert!(!s.contains("insert rule"));
         assert!(s.contains("add rule ip filter ts-forward"));
+    }
+
+    #[test]
+    fn arp_requests_get_the_bypass_mark_in_a_table_of_ours() {
+        let s = arp_script(true, false);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "add table arp ringscale { comment \"ringscale\"; }",
+                "add chain arp ringscale input { type filter hook input priority -150; policy accept; }",
+                "flush chain arp ringscale input",
+                // As `nft list` prints it back.
+                "add rule arp ringscale input arp operation request meta mark set meta mark & 0xff08ffff | 0x00080000",
+            ]
+        );
+        // Re-applying refills the chain instead of adding a second rule.
+        assert_eq!(arp_script(true, true), s);
+        // Whatever an ARP request carried in our byte, the mark it leaves with is the
+        // one the rule at 5210 (fwmark BYPASS_MARK/FWMARK_MASK → main) matches; the
+        // other bits are kept.
+        let rule = lines[3];
+        let nums: Vec<u32> = rule
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("0x"))
+            .map(|h| u32::from_str_radix(h, 16).unwrap())
+            .collect();
+        let (keep, set) = (nums[0], nums[1]);
+        for before in [0, SUBNET_ROUTE_MARK, 0x00ff_0000, 0x1234_0001] {
+            let after = (before & keep) | set;
+            assert_eq!(after & FWMARK_MASK, BYPASS_MARK, "from {before:#x}");
+            assert_eq!(after & !FWMARK_MASK, before & !FWMARK_MASK);
+        }
+    }
+
+    #[test]
+    fn arp_table_goes_when_not_wanted() {
+        assert_eq!(arp_script(false, true), "delete table arp ringscale\n");
+        // Nothing to delete: no transaction at all (an empty script is not run).
+        assert_eq!(arp_script(false, false), "");
     }
 
     #[test]
