@@ -5,7 +5,7 @@
 //! connecting; the policy rules at priority 5210–5250 route marked packets by the
 //! main table.
 
-use ringscale_dataplane::router::BYPASS_MARK;
+use ringscale_dataplane::router::set_bypass_mark;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -14,19 +14,8 @@ use tokio::net::{lookup_host, TcpSocket, TcpStream};
 /// Sets the bypass mark; without CAP_NET_ADMIN (tests, unprivileged use) this fails
 /// and does not matter, since such a process installs no policy routing either.
 pub fn mark(sock: &impl AsRawFd) {
-    let mark = BYPASS_MARK as libc::c_int;
-    // SAFETY: setsockopt reads an int from a valid pointer for the given length.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        log::trace!("SO_MARK: {}", io::Error::last_os_error());
+    if let Err(e) = set_bypass_mark(sock) {
+        log::trace!("SO_MARK: {e}");
     }
 }
 

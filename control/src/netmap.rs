@@ -900,15 +900,7 @@ mod tests {
         let dm = nm.derp_map.as_ref().unwrap();
         assert!(dm.regions.as_ref().unwrap().contains_key(&900));
         assert!(dm.omit_default_regions);
-        assert_eq!(
-            dm.home_params
-                .as_ref()
-                .unwrap()
-                .region_score
-                .as_ref()
-                .unwrap()[&900],
-            0.9
-        );
+        assert_eq!(dm.region_score(900), Some(0.9));
         // New regions replace; null regions are dropped.
         let r = MapResponse {
             derp_map: Some(DerpMap {

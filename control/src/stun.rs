@@ -40,8 +40,9 @@ impl fmt::Display for StunError {
 
 impl std::error::Error for StunError {}
 
-/// CRC-32 (IEEE), bitwise: STUN fingerprints are a few per minute.
-fn crc32(data: &[u8]) -> u32 {
+/// CRC-32 (IEEE), bitwise: STUN fingerprints are a few per minute. Also the hash of
+/// Go's PeerAPI port choice (cli's `peerapi_port`), a few per start.
+pub fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);

@@ -1641,6 +1641,18 @@ pub struct DerpMap {
     pub omit_default_regions: bool,
 }
 
+impl DerpMap {
+    /// The score control gave `region` for the home-region choice (`HomeParams`), if any.
+    pub fn region_score(&self, region: DerpRegionId) -> Option<f64> {
+        self.home_params
+            .as_ref()?
+            .region_score
+            .as_ref()?
+            .get(&region)
+            .copied()
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DerpHomeParams {
@@ -2060,15 +2072,7 @@ mod tests {
             "null region is decoded, dropped by the netmap"
         );
         assert!(dm.omit_default_regions);
-        assert_eq!(
-            dm.home_params
-                .as_ref()
-                .unwrap()
-                .region_score
-                .as_ref()
-                .unwrap()[&900],
-            0.9
-        );
+        assert_eq!(dm.region_score(900), Some(0.9));
         let dns = r.dns_config.as_ref().unwrap();
         assert_eq!(dns.routes["corp.example."], None);
         assert_eq!(dns.routes["lab."].as_ref().unwrap()[0].addr, "10.0.0.53");

@@ -557,7 +557,7 @@ pub fn network_to_tun(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloa
 mod tests {
     use super::*;
     use crate::config::{Config, PeerConfig};
-    use crate::offload::{checksum, VirtioNetHdr};
+    use crate::offload::testpkt;
     use crate::Key;
     use boringtun::x25519::{PublicKey, StaticSecret};
 
@@ -612,27 +612,24 @@ mod tests {
         }
     }
 
-    /// An IPv4 TCP packet from 10.0.0.1 to 10.0.0.2 (TCP checksum left to offload).
+    /// An IPv4 TCP packet from 10.0.0.1 to 10.0.0.2 (40 header bytes: no options).
     fn tcp_v4(seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        let c = checksum::ipv4_header(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        p[20..22].copy_from_slice(&1000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&2000u16.to_be_bytes());
-        p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[28..32].copy_from_slice(&1u32.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = 0x10; // ACK
-        p[34..36].copy_from_slice(&1000u16.to_be_bytes());
-        p.extend_from_slice(payload);
-        p
+        testpkt::tcp_packet(&ip_a_to_b(), &tcp(seq), payload)
+    }
+
+    fn ip_a_to_b() -> testpkt::IpSpec {
+        testpkt::IpSpec {
+            src: vec![10, 0, 0, 1],
+            dst: vec![10, 0, 0, 2],
+            ..testpkt::IpSpec::v4()
+        }
+    }
+
+    fn tcp(seq: u32) -> testpkt::TcpSpec {
+        testpkt::TcpSpec {
+            options: vec![],
+            ..testpkt::TcpSpec::new(seq)
+        }
     }
 
     /// Two peer tables with a completed handshake, A (10.0.0.1) and B (10.0.0.2).
@@ -668,17 +665,7 @@ mod tests {
 
     /// A TSO read from the TUN: a virtio_net_hdr and one 64 KB TCP super-packet.
     fn tso_read(payload: &[u8], mss: u16) -> Vec<u8> {
-        let hdr = VirtioNetHdr {
-            flags: 1,    // NEEDS_CSUM
-            gso_type: 1, // TCPV4
-            hdr_len: 40,
-            gso_size: mss,
-            csum_start: 20,
-            csum_offset: 16,
-        };
-        let mut read = hdr.to_bytes().to_vec();
-        read.extend(tcp_v4(1000, payload));
-        read
+        testpkt::tso_read(&ip_a_to_b(), &tcp(1000), payload, usize::from(mss), false)
     }
 
     /// TCP payload of what B writes to its TUN, in order.

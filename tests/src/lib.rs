@@ -5,5 +5,6 @@
 pub mod caddytail;
 pub mod control_server;
 pub mod derp_server;
+pub mod node;
 pub mod testbed;
 pub mod wgpeer;

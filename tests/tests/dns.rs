@@ -34,22 +34,10 @@ fn read(r: &NsResolvConf) -> String {
 }
 
 fn dnsmasq(ns: &Netns, dir: &TempDir, name: &str, listen: &str, records: &[&str]) -> Proc {
-    let mut cmd = ns.command("dnsmasq");
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-    ])
-    .args(["--conf-file=/dev/null", "--user=root", "--group=root"])
-    .arg(format!("--listen-address={listen}"))
-    .arg(format!(
-        "--pid-file={}",
-        dir.path.join(format!("{name}.pid")).display()
-    ))
-    .args(records)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(dir.path.join(format!("{name}.log"))).unwrap());
+    let pid_file = dir.path.join(format!("{name}.pid"));
+    let mut cmd = testbed::dnsmasq_command(ns, listen, &pid_file);
+    cmd.args(records)
+        .stderr(std::fs::File::create(dir.path.join(format!("{name}.log"))).unwrap());
     Proc::spawn(cmd)
 }
 

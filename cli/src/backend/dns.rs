@@ -308,22 +308,7 @@ pub fn peerapi_port(ip: IpAddr, attempt: u8) -> u16 {
     };
     let mut b = [b16[13], b16[14], b16[15]];
     b[0] = b[0].wrapping_add(attempt);
-    0x8000 | (crc32_ieee(&b) as u16)
-}
-
-fn crc32_ieee(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    0x8000 | (ringscale_control::stun::crc32(&b) as u16)
 }
 
 /// A listening TCP socket on `addr` with IP_FREEBIND, so it can bind a tailnet address
@@ -741,10 +726,5 @@ mod tests {
         assert_eq!(p0, peerapi_port(ip, 0));
         // The IPv4 address and its IPv4-mapped form give the same port.
         assert_eq!(p0, peerapi_port("::ffff:100.64.0.1".parse().unwrap(), 0));
-    }
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32_ieee(b"123456789"), 0xcbf4_3926);
     }
 }

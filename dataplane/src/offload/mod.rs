@@ -52,7 +52,7 @@ mod kernel_tests;
 mod roundtrip_tests;
 mod segment;
 #[cfg(test)]
-mod testpkt;
+pub(crate) mod testpkt;
 pub mod virtio;
 
 pub use coalesce::Coalescer;

@@ -239,6 +239,14 @@ impl Drop for Router {
 /// CAP_NET_ADMIN; without it the failure is logged (the rules then cannot protect
 /// this socket, as in Go, which falls back to SO_BINDTODEVICE).
 pub fn mark_socket(sock: &impl std::os::fd::AsRawFd) {
+    if let Err(e) = set_bypass_mark(sock) {
+        log::warn!("SO_MARK on socket: {e} (traffic may loop through an exit node)");
+    }
+}
+
+/// Sets the bypass mark (SO_MARK) on `sock`; fails without CAP_NET_ADMIN. Callers
+/// decide how much that failure matters ([`mark_socket`] warns).
+pub fn set_bypass_mark(sock: &impl std::os::fd::AsRawFd) -> io::Result<()> {
     let mark = BYPASS_MARK as libc::c_int;
     // SAFETY: setsockopt reads an int from a valid pointer for the given length.
     let r = unsafe {
@@ -251,11 +259,9 @@ pub fn mark_socket(sock: &impl std::os::fd::AsRawFd) {
         )
     };
     if r != 0 {
-        log::warn!(
-            "SO_MARK on socket: {} (traffic may loop through an exit node)",
-            io::Error::last_os_error()
-        );
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Removes everything any instance of us may have left on the host, for
