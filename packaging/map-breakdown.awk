@@ -67,7 +67,9 @@ function rust_crate(sym,    p, len, id) {
 }
 
 function crate_of(file, sect,    c, f) {
-  if (file ~ /^<internal>/) return "[linker: got, eh_frame_hdr, ...]"
+  # Sections the linker makes: mostly string literals and constants merged across all
+  # inputs (.rodata.str*, .rodata.cst*), then .got, .eh_frame_hdr, .rela.dyn/.relr.dyn.
+  if (file ~ /^<internal>/) return "[linker: merged strings/constants, got, relocs]"
   f = file
   sub(/.*\//, "", f)
   if (f ~ /^libc\.a\(/) return "[musl libc]"

@@ -26,7 +26,11 @@ bin=$(release_binary aarch64)
 size=$(stat -c %s "$bin")
 
 step "where the bytes go (aarch64, default features)"
-awk -v top="${SIZE_GATE_TOP:-25}" -f packaging/map-breakdown.awk "$bin.map"
+if [ -f "$bin.map" ]; then
+  awk -v top="${SIZE_GATE_TOP:-25}" -f packaging/map-breakdown.awk "$bin.map"
+else
+  echo "(no link map: see packaging/build.sh)"
+fi
 
 step "size gate"
 mb() { awk -v b="$1" 'BEGIN { printf "%.2f MB", b / 1e6 }'; }

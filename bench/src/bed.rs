@@ -165,6 +165,12 @@ impl Bed {
         &self.hosts[1]
     }
 
+    /// Where the tailnet node on `host` keeps its config, state and LocalAPI socket
+    /// (`tailscaled.sock`).
+    pub fn tailnet_node_dir(&self, host: usize) -> PathBuf {
+        self.logs.path.join(format!("node{host}"))
+    }
+
     pub fn tunnel_pids(&self) -> Vec<u32> {
         self.tunnel.iter().map(|t| t.proc.pid()).collect()
     }
@@ -300,8 +306,16 @@ fn tailnet(case: &Case, setup: &Setup) -> Result<Bed, String> {
     let b = bed.add_host(b_ns, "server", 1, setup);
     match &case.tunnel {
         Tunnel::None => bed.target = lan_addr(3),
-        Tunnel::RingscaleTailnet { path, .. } => {
+        Tunnel::RingscaleTailnet {
+            path,
+            synthetic_peers,
+            ..
+        } => {
             start_hub(&mut bed, hub_addr)?;
+            if *synthetic_peers > 0 {
+                let hub = bed.hub.as_ref().ok_or("no hub")?;
+                hub.add_synthetic_peers(*synthetic_peers, TAILNET_LAN)?;
+            }
             if *path == TailnetPath::Derp {
                 let ip = |h: &str| h.parse::<IpAddr>().map_err(|e| format!("{h}: {e}"));
                 hub::block_udp_with(&bed.hosts[a].ns, ip(&lan_addr(3))?)?;
@@ -673,7 +687,7 @@ fn start_tailnet_node(
         .url
         .clone();
     let hostname = format!("bench-{}", bed.hosts[host].role);
-    let dir = bed.logs.path.join(format!("node{host}"));
+    let dir = bed.tailnet_node_dir(host);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{dir:?}: {e}"))?;
     let conf = dir.join("config.json");
     write_private(&conf, &hub::node_config(&url, &hostname, extra))?;

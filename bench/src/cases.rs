@@ -21,6 +21,10 @@ pub enum Tunnel {
     RingscaleTailnet {
         daemon_args: Vec<String>,
         path: TailnetPath,
+        /// Nodes registered with the control server besides the two measured ones,
+        /// before those join, so their first netmap is already full (see
+        /// `hub::Hub::add_synthetic_peers`): real keys and addresses, no process behind.
+        synthetic_peers: u32,
     },
 }
 
@@ -66,6 +70,10 @@ pub struct Case {
 
 /// The tunnel MTU all tunnels use (Tailscale's default).
 pub const TUNNEL_MTU: u32 = 1280;
+
+/// Peers in each measured node's netmap in `ringscale-100peers` (issue 9: "a netmap of
+/// 100 peers"): the other measured node and `NETMAP_PEERS - 1` synthetic ones.
+pub const NETMAP_PEERS: u32 = 100;
 
 const ALL: &[Topology] = &[
     Topology::PointToPoint,
@@ -154,6 +162,7 @@ pub fn all_cases() -> Vec<Case> {
             tunnel: Tunnel::RingscaleTailnet {
                 daemon_args: Vec::new(),
                 path: TailnetPath::Direct,
+                synthetic_peers: 0,
             },
             mtu: TUNNEL_MTU,
             topologies: HUB,
@@ -165,11 +174,25 @@ pub fn all_cases() -> Vec<Case> {
             tunnel: Tunnel::RingscaleTailnet {
                 daemon_args: Vec::new(),
                 path: TailnetPath::Derp,
+                synthetic_peers: 0,
             },
             mtu: TUNNEL_MTU,
             topologies: &[Topology::Tailnet],
             note: "as ringscale-tailnet, direct UDP between the nodes dropped by nftables: \
                    relayed by the test DERP server (one thread, plain HTTP)",
+        },
+        Case {
+            name: "ringscale-100peers",
+            tunnel: Tunnel::RingscaleTailnet {
+                daemon_args: Vec::new(),
+                path: TailnetPath::Direct,
+                synthetic_peers: NETMAP_PEERS - 1,
+            },
+            mtu: TUNNEL_MTU,
+            topologies: &[Topology::Tailnet],
+            note: "as ringscale-tailnet with 100 peers in each node's netmap: the other \
+                   node and 99 synthetic ones (registered with real keys, addresses, \
+                   endpoints and a DERP home, online, no process behind them); for memory",
         },
     ]
 }
@@ -312,6 +335,7 @@ pub fn default_plan(t: Topology) -> &'static [(&'static str, &'static [&'static 
             ("ringscale", ONE),
             ("ringscale-tailnet", ONE),
             ("ringscale-derp", ONE),
+            ("ringscale-100peers", ONE),
         ],
     }
 }

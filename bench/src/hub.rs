@@ -7,8 +7,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ringscale_control::tailcfg::{DerpMap, DerpNode, DerpRegion};
-use ringscale_tests::control_server::{self, ControlServer};
+use ringscale_control::tailcfg::{
+    DerpMap, DerpNode, DerpRegion, DiscoPublic, GoTime, Hostinfo, MapRequest, NetInfo, PrivateKey,
+    RegisterRequest, RegisterResponseAuth, CAPABILITY_VERSION,
+};
+use ringscale_tests::control_server::{self, tailnet::RegisterAction, ControlServer};
 use ringscale_tests::derp_server::{self, DerpServer};
 use ringscale_tests::testbed::Netns;
 
@@ -91,6 +94,84 @@ impl Hub {
         let n = self.control.node(hostname).filter(|n| n.online)?;
         let v4 = n.addresses.iter().map(|p| p.addr()).find(IpAddr::is_ipv4)?;
         Some((v4, n.stable_id))
+    }
+
+    /// Registers `count` synthetic nodes, as if that many machines had joined with the
+    /// bench's auth key and opened their map streams: fresh Curve25519 node, machine
+    /// and disco keys, the tailnet addresses control allocates, two endpoints each on
+    /// the bed's LAN (`lan_prefix`.100 upwards, addresses no host holds: nothing
+    /// answers there, and nothing sent there leaves the bed) and the bench DERP region
+    /// as home. No process runs behind them: they exist to make the measured nodes'
+    /// netmaps as large as a real tailnet's.
+    pub fn add_synthetic_peers(&self, count: u32, lan_prefix: &str) -> Result<(), String> {
+        if count > 150 {
+            return Err(format!(
+                "{count} synthetic peers do not fit the LAN's spare addresses"
+            ));
+        }
+        let machines: Vec<_> = (0..count)
+            .map(|i| {
+                let node = PrivateKey::generate().node_public();
+                let machine = PrivateKey::generate().machine_public();
+                let disco = DiscoPublic::from(PrivateKey::generate().public());
+                let lan: std::net::Ipv4Addr = format!("{lan_prefix}.{}", 100 + i)
+                    .parse()
+                    .map_err(|e| format!("LAN prefix {lan_prefix:?}: {e}"))?;
+                let hostinfo = Hostinfo {
+                    hostname: format!("synthetic-{i:03}"),
+                    os: "linux".into(),
+                    net_info: Some(NetInfo {
+                        preferred_derp: REGION,
+                        ..NetInfo::default()
+                    }),
+                    ..Hostinfo::default()
+                };
+                let register = RegisterRequest {
+                    version: CAPABILITY_VERSION,
+                    node_key: node,
+                    auth: Some(RegisterResponseAuth {
+                        auth_key: AUTH_KEY.into(),
+                        ..RegisterResponseAuth::default()
+                    }),
+                    hostinfo: Some(hostinfo.clone()),
+                    ..RegisterRequest::default()
+                };
+                let map = MapRequest {
+                    version: CAPABILITY_VERSION,
+                    node_key: node,
+                    disco_key: disco,
+                    stream: true,
+                    hostinfo: Some(hostinfo),
+                    endpoints: vec![
+                        SocketAddr::new(IpAddr::V4(lan), 41641),
+                        SocketAddr::new(IpAddr::V4(lan), 41642),
+                    ],
+                    endpoint_types: vec![1, 2],
+                    ..MapRequest::default()
+                };
+                Ok((machine, register, map))
+            })
+            .collect::<Result<_, String>>()?;
+        // One update: map sessions see a single change (none are open yet anyway).
+        self.control.shared().update(|t| {
+            for (machine, register, map) in &machines {
+                match t.register(*machine, register, GoTime::now()) {
+                    RegisterAction::Respond(r) if r.error.is_empty() => {}
+                    RegisterAction::Respond(r) => {
+                        return Err(format!("synthetic peer refused: {}", r.error))
+                    }
+                    RegisterAction::Wait { .. } => {
+                        return Err("synthetic peer was sent to interactive login".into())
+                    }
+                }
+                let id = t
+                    .map_request(*machine, map)
+                    .map_err(|e| format!("synthetic peer's map request: {e}"))?;
+                // Online, as if its map stream were open.
+                t.session_started(id);
+            }
+            Ok(())
+        })
     }
 
     /// Packets the DERP server has relayed so far.

@@ -169,11 +169,21 @@ fn tunnel_label(t: &Tunnel) -> String {
                 .trim()
                 .to_string()
         }
-        Tunnel::RingscaleTailnet { daemon_args, path } => format!(
-            "ringscale tailscaled --config {} ({path:?} path)",
-            daemon_args.join(" ")
-        )
-        .replace("  ", " "),
+        Tunnel::RingscaleTailnet {
+            daemon_args,
+            path,
+            synthetic_peers,
+        } => {
+            let mut s = format!(
+                "ringscale tailscaled --config {} ({path:?} path)",
+                daemon_args.join(" ")
+            )
+            .replace("  ", " ");
+            if *synthetic_peers > 0 {
+                s.push_str(&format!(", {synthetic_peers} synthetic peers"));
+            }
+            s
+        }
     }
 }
 
@@ -464,11 +474,27 @@ fn run_all(
                 key(sc),
                 t0.elapsed().as_secs_f64()
             );
-            let idle: Vec<Option<(u64, u64)>> = bed
+            // Tailnet nodes: the netmap must have arrived whole before "idle" means
+            // idle with it.
+            let peers = match netmap_peers(&bed, setup, &sc.case.tunnel) {
+                Ok(p) => p,
+                Err(e) => {
+                    cleanup::check_interrupted()?;
+                    eprintln!("bench: {}: setup failed: {e}", key(sc));
+                    failures.insert(key(sc), format!("setup: {e}"));
+                    continue;
+                }
+            };
+            // (VmRSS, RssAnon) per tunnel process.
+            let idle: Vec<(Option<u64>, Option<u64>)> = bed
                 .tunnel_pids()
                 .into_iter()
-                .map(measure::memory_kib)
+                .map(|pid| {
+                    let rss = measure::memory_kib(pid).map(|(rss, _)| rss);
+                    (rss, measure::rss_anon_kib(pid))
+                })
                 .collect();
+            let sampler = measure::RssSampler::start(bed.tunnel_pids());
             for test in &sc.tests {
                 let result = if test.traffic == Traffic::UdpKnee {
                     measure_knee(opts, setup, sc, test, &mut bed, run)
@@ -505,15 +531,21 @@ fn run_all(
                     }
                 }
             }
+            let load = sampler.stop();
             let mut ends: Vec<(usize, EndMemory)> = bed
                 .tunnel
                 .iter()
                 .zip(idle)
-                .map(|(t, idle)| {
+                .zip(load)
+                .zip(peers)
+                .map(|(((t, (idle, idle_anon)), load), peers)| {
                     let m = EndMemory {
                         role: bed.hosts[t.host].role.to_string(),
-                        idle_rss_kib: idle.map(|(rss, _)| rss),
+                        idle_rss_kib: idle,
+                        idle_rss_anon_kib: idle_anon,
+                        load_rss_kib: load,
                         peak_hwm_kib: measure::memory_kib(t.proc.pid()).map(|(_, hwm)| hwm),
+                        netmap_peers: peers,
                     };
                     (t.host, m)
                 })
@@ -530,6 +562,55 @@ fn run_all(
         }
     }
     Ok(())
+}
+
+/// Peers in each tunnel process's netmap, in `bed.tunnel` order, for tailnet cases
+/// (None for the others): `tailscale status --json` on the node's LocalAPI socket,
+/// polled until every node lists all the tailnet's other nodes (the two measured ones
+/// plus the synthetic peers), for at most `hub::JOIN_TIMEOUT`.
+fn netmap_peers(bed: &Bed, setup: &Setup, tunnel: &Tunnel) -> Result<Vec<Option<u64>>, String> {
+    let Tunnel::RingscaleTailnet {
+        synthetic_peers, ..
+    } = tunnel
+    else {
+        return Ok(vec![None; bed.tunnel.len()]);
+    };
+    let want = u64::from(*synthetic_peers) + 1;
+    let bin = setup.tools.ringscale.as_ref().map_err(Clone::clone)?;
+    let count = |host: usize| -> Result<u64, String> {
+        let socket = bed.tailnet_node_dir(host).join("tailscaled.sock");
+        let out = sys::run(
+            std::process::Command::new(bin)
+                .env("TS_BE_CLI", "1")
+                .arg("--socket")
+                .arg(&socket)
+                .args(["status", "--json"]),
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("tailscale status --json: {e}"))?;
+        Ok(v.get("Peer")
+            .and_then(|p| p.as_object())
+            .map_or(0, |p| p.len() as u64))
+    };
+    let hosts: Vec<usize> = bed.tunnel.iter().map(|t| t.host).collect();
+    let mut counts = vec![0; hosts.len()];
+    let deadline = Instant::now() + hub::JOIN_TIMEOUT;
+    loop {
+        for (c, host) in counts.iter_mut().zip(&hosts) {
+            *c = count(*host)?;
+        }
+        if counts.iter().all(|c| *c >= want) {
+            return Ok(counts.into_iter().map(Some).collect());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "netmaps hold {counts:?} peers after {:?}, want {want} each",
+                hub::JOIN_TIMEOUT
+            ));
+        }
+        cleanup::check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {

@@ -1,6 +1,9 @@
 //! Counters read around each iperf3 run: CPU time of the tunnel processes, the machine's
-//! CPU use, UDP receive-buffer drops per namespace, and the tunnel interfaces' drops.
+//! CPU use, UDP receive-buffer drops per namespace, and the tunnel interfaces' drops;
+//! and the tunnel processes' memory (VmRSS idle, sampled under load, VmHWM).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringscale_tests::testbed::Netns;
@@ -99,14 +102,74 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     parse_memory(&text)
 }
 
+/// Samples the VmRSS of some processes every 100 ms on its own thread, keeping each
+/// one's highest value: resident memory under load, which VmHWM cannot tell apart from
+/// a start-up peak (e.g. parsing the first netmap). Dropping it stops the thread.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Option<u64>>>>,
+}
+
+impl RssSampler {
+    pub fn start(pids: Vec<u32>) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut max: Vec<Option<u64>> = vec![None; pids.len()];
+            loop {
+                for (m, pid) in max.iter_mut().zip(&pids) {
+                    if let Some((rss, _)) = memory_kib(*pid) {
+                        *m = Some(m.map_or(rss, |v| v.max(rss)));
+                    }
+                }
+                if flag.load(Ordering::Relaxed) {
+                    return max;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RssSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; the highest VmRSS per process, in KiB, in the order given.
+    pub fn stop(mut self) -> Vec<Option<u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// RssAnon of a process in KiB: the part of VmRSS that is its own memory (heap,
+/// stacks), as opposed to pages of the binary file, which the kernel can drop and
+/// read back.
+pub fn rss_anon_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field_kib(&text, "RssAnon:")
+}
+
+fn status_field_kib(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+}
+
 fn parse_memory(status: &str) -> Option<(u64, u64)> {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some((
+        status_field_kib(status, "VmRSS:")?,
+        status_field_kib(status, "VmHWM:")?,
+    ))
 }
 
 /// Counters taken before and after a run.
@@ -205,7 +268,27 @@ mod tests {
         let status = "Name:\tringscale\nVmPeak:\t  20000 kB\nVmHWM:\t    9120 kB\n\
                       VmRSS:\t    7004 kB\nThreads:\t5\n";
         assert_eq!(parse_memory(status), Some((7004, 9120)));
+        assert_eq!(
+            status_field_kib("RssAnon:\t    3100 kB\n", "RssAnon:"),
+            Some(3100)
+        );
         assert_eq!(parse_memory("Name:\tx\nVmRSS:\t12 kB\n"), None);
+    }
+
+    #[test]
+    fn sampler_keeps_the_highest_rss_of_live_processes_only() {
+        let sampler = RssSampler::start(vec![std::process::id(), u32::MAX]);
+        // Grow this process while it samples: the maximum must see the growth.
+        let before = memory_kib(std::process::id()).unwrap().0;
+        let ballast = vec![1u8; 16 << 20];
+        std::thread::sleep(Duration::from_millis(300));
+        let got = sampler.stop();
+        assert!(ballast.iter().all(|b| *b == 1));
+        assert!(
+            got[0].is_some_and(|k| k >= before + 8 * 1024),
+            "{got:?} from {before}"
+        );
+        assert_eq!(got[1], None);
     }
 
     #[test]

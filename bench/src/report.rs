@@ -56,10 +56,20 @@ pub struct RunRecord {
 pub struct EndMemory {
     /// The host it runs on: client, server, exit.
     pub role: String,
-    /// VmRSS with the bed up and idle, before the first test.
+    /// VmRSS with the bed up and idle, before the first test (tailnet cases: after
+    /// the netmap with all peers arrived).
     pub idle_rss_kib: Option<u64>,
-    /// VmHWM after the last test: the peak resident set over the whole run.
+    /// RssAnon at the same moment: the process's own memory, without the pages of the
+    /// binary that VmRSS counts too.
+    pub idle_rss_anon_kib: Option<u64>,
+    /// The highest VmRSS sampled (every 100 ms) while the case's tests ran: resident
+    /// memory under load.
+    pub load_rss_kib: Option<u64>,
+    /// VmHWM after the last test: the peak resident set over the whole run, start-up
+    /// included.
     pub peak_hwm_kib: Option<u64>,
+    /// Peers in the node's netmap (`tailscale status --json`), for tailnet cases.
+    pub netmap_peers: Option<u64>,
 }
 
 /// Memory of a case's tunnel processes in one run.
@@ -404,17 +414,21 @@ pub fn comparisons(summary: &[Summary]) -> String {
 }
 
 /// The memory table: per topology and case, the medians over runs of each tunnel end's
-/// idle VmRSS and peak VmHWM, and the size of the binary that ran.
+/// netmap size, idle VmRSS, VmRSS under load and peak VmHWM, and the size of the binary
+/// that ran.
 pub fn memory_table(
     records: &[MemoryRecord],
     rows: &[Row],
     binary_bytes: &dyn Fn(&str) -> Option<u64>,
 ) -> String {
-    let mut lines: Vec<[String; 5]> = vec![[
+    const COLUMNS: usize = 7;
+    let mut lines: Vec<[String; COLUMNS]> = vec![[
         "topology".into(),
         "case".into(),
         "binary bytes".into(),
+        "netmap peers".into(),
         "idle VmRSS MiB".into(),
+        "load VmRSS MiB".into(),
         "peak VmHWM MiB".into(),
     ]];
     for row in rows {
@@ -426,20 +440,27 @@ pub fn memory_table(
         if first.ends.is_empty() {
             continue;
         }
-        let per_end = |f: &dyn Fn(&EndMemory) -> Option<u64>| {
+        // Each end's median over runs, scaled (KiB to MiB: 1024) and rounded; a single
+        // "-" when no end has the value at all.
+        let per_end = |f: &dyn Fn(&EndMemory) -> Option<u64>, scale: f64, prec: usize| {
+            let medians: Vec<Option<f64>> = (0..first.ends.len())
+                .map(|i| {
+                    median(
+                        rs.iter()
+                            .filter_map(|r| r.ends.get(i).and_then(f))
+                            .map(|k| k as f64 / scale)
+                            .collect(),
+                    )
+                })
+                .collect();
+            if medians.iter().all(Option::is_none) {
+                return "-".to_string();
+            }
             first
                 .ends
                 .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let v = median(
-                        rs.iter()
-                            .filter_map(|r| r.ends.get(i).and_then(f))
-                            .map(|k| k as f64)
-                            .collect(),
-                    );
-                    format!("{} {}", e.role, opt(v.map(|k| k / 1024.0), 1))
-                })
+                .zip(medians)
+                .map(|(e, v)| format!("{} {}", e.role, opt(v, prec)))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -449,31 +470,32 @@ pub fn memory_table(
             binary_bytes(row.case)
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "-".into()),
-            per_end(&|e| e.idle_rss_kib),
-            per_end(&|e| e.peak_hwm_kib),
+            per_end(&|e| e.netmap_peers, 1.0, 0),
+            per_end(&|e| e.idle_rss_kib, 1024.0, 1),
+            per_end(&|e| e.load_rss_kib, 1024.0, 1),
+            per_end(&|e| e.peak_hwm_kib, 1024.0, 1),
         ]);
     }
     let mut s = String::new();
     if lines.len() == 1 {
         return s;
     }
-    let w: Vec<usize> = (0..5)
+    let w: Vec<usize> = (0..COLUMNS)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     for l in &lines {
-        let _ = writeln!(
-            s,
-            "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {}",
-            l[0],
-            l[1],
-            l[2],
-            l[3],
-            l[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
+        let mut line = String::new();
+        for (i, cell) in l.iter().enumerate() {
+            if i == COLUMNS - 1 {
+                line.push_str(cell);
+            } else if i == 2 {
+                // Bytes: right-aligned.
+                let _ = write!(line, "{cell:>0$}  ", w[i]);
+            } else {
+                let _ = write!(line, "{cell:<0$}  ", w[i]);
+            }
+        }
+        let _ = writeln!(s, "{}", line.trim_end());
     }
     s
 }
@@ -594,12 +616,18 @@ mod tests {
                 EndMemory {
                     role: "client".into(),
                     idle_rss_kib: Some(idle),
+                    idle_rss_anon_kib: None,
+                    load_rss_kib: Some(idle * 2),
                     peak_hwm_kib: Some(peak),
+                    netmap_peers: None,
                 },
                 EndMemory {
                     role: "server".into(),
                     idle_rss_kib: Some(idle + 1024),
+                    idle_rss_anon_kib: None,
+                    load_rss_kib: None,
                     peak_hwm_kib: None,
+                    netmap_peers: None,
                 },
             ],
         };
@@ -612,7 +640,18 @@ mod tests {
         let t = memory_table(&records, &r, &|c| (c == "ringscale").then_some(4_000_000));
         assert!(t.contains("4000000"), "{t}");
         assert!(t.contains("client 3.0, server 4.0"), "{t}");
+        assert!(t.contains("client 6.0, server -"), "{t}");
         assert!(t.contains("client 20.0, server -"), "{t}");
+        // No netmap (a static case): one dash, not one per end.
+        let cells: Vec<&str> = t
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells[3], "-", "{t}");
     }
 
     #[test]
