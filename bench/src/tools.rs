@@ -189,8 +189,12 @@ fn check_boringtun(p: &Path) -> Result<PathBuf, String> {
     Ok(p.to_path_buf())
 }
 
-/// The ringscale binary: `--ringscale-bin`, else `cargo build --release -p ringscale`
-/// (skipped with `--no-build`) and target/release/ringscale.
+/// The ringscale binary: `--ringscale-bin`, else the release binary as it ships — static
+/// (musl), stripped, linked by `packaging/build.sh` for this machine's architecture — so
+/// that the size and memory the benchmark reports are those of what users install.
+/// Where that build cannot run (no apt for its cross tools, say), the plain
+/// `cargo build --release -p ringscale` binary is used and the report says which.
+/// `--no-build` takes whichever of the two exists, the shipped one first.
 fn find_or_build_ringscale(opts: &Options) -> Result<PathBuf, String> {
     if let Some(p) = &opts.ringscale_bin {
         return if sys::is_executable(p) {
@@ -199,7 +203,23 @@ fn find_or_build_ringscale(opts: &Options) -> Result<PathBuf, String> {
             Err(format!("{} is not an executable", p.display()))
         };
     }
+    let arch = std::env::consts::ARCH;
+    let shipped = target_dir().join(format!("{arch}-unknown-linux-musl/release/ringscale"));
     if !opts.no_build {
+        eprintln!("bench: packaging/build.sh {arch} (the static binary that ships)");
+        let packaged = Command::new(workspace_root().join("packaging/build.sh"))
+            .arg(arch)
+            .current_dir(workspace_root())
+            .status();
+        match packaged {
+            Ok(s) if s.success() && sys::is_executable(&shipped) => return Ok(shipped),
+            Ok(s) => {
+                eprintln!("bench: packaging/build.sh failed ({s}); using the plain release build")
+            }
+            Err(e) => eprintln!(
+                "bench: cannot run packaging/build.sh ({e}); using the plain release build"
+            ),
+        }
         eprintln!("bench: cargo build --release -p ringscale");
         let status = Command::new(cargo())
             .args(["build", "--release", "-p", "ringscale"])
@@ -209,6 +229,8 @@ fn find_or_build_ringscale(opts: &Options) -> Result<PathBuf, String> {
         if !status.success() {
             return Err(format!("cargo build -p ringscale failed ({status})"));
         }
+    } else if sys::is_executable(&shipped) {
+        return Ok(shipped);
     }
     let p = target_dir().join("release/ringscale");
     if sys::is_executable(&p) {
