@@ -207,6 +207,8 @@ struct View {
 impl Dns {
     /// `state_dir` keeps the resolv.conf backup (none for `--state=mem:`).
     pub fn new(resolv_conf: PathBuf, state_dir: Option<&Path>) -> Dns {
+        #[cfg(feature = "tls")]
+        ringscale_dataplane::dns::doh::set_https_connector(&super::doh_https::CONNECTOR);
         Dns {
             host: Mutex::new(HostDns::open(
                 resolv_conf,
@@ -238,6 +240,11 @@ impl Dns {
             Some(nm) => dnsmap::resolver_config(nm, prefs, &host.original_nameservers()),
             None => ResolverConfig::default(),
         };
+        #[cfg(feature = "tls")]
+        super::doh_https::CONNECTOR.set_bootstrap_resolvers(super::doh_https::bootstrap_resolvers(
+            &host.original_nameservers(),
+            netmap,
+        ));
         {
             let mut view = lock(&self.view);
             if view.resolver.as_ref() != Some(&cfg) {

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod control_loop;
 pub mod dns;
+#[cfg(feature = "tls")]
+pub mod doh_https;
 pub mod hostinfo;
 
 use ringscale_control::ipn::{EmptyMessage, Notify};

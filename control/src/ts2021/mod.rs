@@ -13,6 +13,9 @@ pub mod server;
 pub mod stream;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
+/// Blocking TLS with the control connection's roots (the DNS forwarder's https upstreams).
+#[cfg(feature = "tls")]
+pub use tls::connect_blocking as tls_connect_blocking;
 pub mod url;
 
 use std::fmt;

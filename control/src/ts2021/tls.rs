@@ -74,3 +74,28 @@ pub(super) async fn connect(
             source,
         })
 }
+
+/// A blocking TLS client over `tcp` (connected, with timeouts set) with the same
+/// roots and settings as the control connection, for code on plain threads (the DNS
+/// forwarder's `https://` upstreams). The handshake runs here, so a certificate that
+/// does not verify fails this call. `server_name` may be an IP address literal.
+pub fn connect_blocking(
+    server_name: &str,
+    mut tcp: std::net::TcpStream,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    use std::io::{Error, ErrorKind};
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("server name {server_name:?}: {e}"),
+        )
+    })?;
+    let config = client_config().map_err(|e| Error::other(e.to_string()))?;
+    let mut conn = rustls::ClientConnection::new(config, name)
+        .map_err(|e| Error::other(format!("TLS to {server_name}: {e}")))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)
+            .map_err(|e| Error::new(e.kind(), format!("TLS handshake with {server_name}: {e}")))?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}

@@ -1,12 +1,13 @@
 //! Forwarding a query to upstream resolvers, off the packet path: each forwarded
 //! query runs on a short-lived thread of its own (bounded in number), with blocking
 //! sockets and hard timeouts. Plain DNS goes over UDP and is retried over TCP when the
-//! answer comes back truncated (TC); DoH upstreams get an HTTP/1.1 POST (RFC 8484 wire
-//! format), which is what an exit node's PeerAPI serves over the tailnet.
+//! answer comes back truncated (TC); DoH upstreams (an exit node's PeerAPI over the
+//! tailnet, `https://` resolvers with the binary's TLS) go through [`super::doh`].
 //!
 //! Upstreams are tried in order until one answers; a query nobody answers within
 //! [`QUERY_TIMEOUT`] (Go's per-query bound) fails, and the caller answers SERVFAIL.
 
+use super::doh;
 use super::resolver::Upstream;
 use super::wire;
 use std::fmt;
@@ -120,7 +121,7 @@ pub fn resolve(
         let attempt = left.min(ATTEMPT_TIMEOUT);
         let result = match up {
             Upstream::Dns(addr) => query_dns(*addr, query, attempt),
-            Upstream::Doh(url) => query_doh(url, query, attempt),
+            Upstream::Doh(url) => doh::query(url, query, attempt),
         };
         match result {
             Ok(answer) => return Ok(answer),
@@ -138,7 +139,7 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 }
 
 /// Checks that `answer` answers `query` (same ID, QR set).
-fn check_answer(query: &[u8], answer: &[u8]) -> io::Result<()> {
+pub(super) fn check_answer(query: &[u8], answer: &[u8]) -> io::Result<()> {
     if answer.len() < wire::HEADER_LEN || answer[..2] != query[..2] || answer[2] & 0x80 == 0 {
         return Err(invalid("not an answer to our query"));
     }
@@ -147,23 +148,42 @@ fn check_answer(query: &[u8], answer: &[u8]) -> io::Result<()> {
 
 /// Plain DNS: UDP first; over TCP when the UDP answer is truncated.
 pub fn query_dns(addr: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    query_dns_marked(addr, query, timeout, false)
+}
+
+/// [`query_dns`], with the sockets marked to bypass the tunnel when `bypass` (the DoH
+/// bootstrap lookups).
+pub fn query_dns_marked(
+    addr: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+    bypass: bool,
+) -> io::Result<Vec<u8>> {
     if query.len() < wire::HEADER_LEN {
         return Err(invalid("query shorter than a header"));
     }
-    let answer = query_udp(addr, query, timeout)?;
+    let answer = query_udp(addr, query, timeout, bypass)?;
     if wire::is_truncated(&answer) {
         log::debug!("dns: truncated answer from {addr}; retrying over TCP");
-        return query_tcp(addr, query, timeout);
+        return query_tcp_marked(addr, query, timeout, bypass);
     }
     Ok(answer)
 }
 
-fn query_udp(addr: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+fn query_udp(
+    addr: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+    bypass: bool,
+) -> io::Result<Vec<u8>> {
     let bind: SocketAddr = match addr.ip() {
         IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
         IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
     };
     let sock = UdpSocket::bind(bind)?;
+    if bypass {
+        doh::mark(&sock);
+    }
     // Connected: the kernel drops datagrams from anyone but the upstream.
     sock.connect(addr)?;
     sock.send(query)?;
@@ -197,8 +217,21 @@ fn query_udp(addr: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Ve
 
 /// DNS over TCP (RFC 7766): a two-byte length before each message.
 pub fn query_tcp(addr: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    query_tcp_marked(addr, query, timeout, false)
+}
+
+fn query_tcp_marked(
+    addr: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+    bypass: bool,
+) -> io::Result<Vec<u8>> {
     let len = u16::try_from(query.len()).map_err(|_| invalid("query too long"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    let mut s = if bypass {
+        doh::connect(addr, timeout)?
+    } else {
+        TcpStream::connect_timeout(&addr, timeout)?
+    };
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let mut framed = Vec::with_capacity(query.len() + 2);
@@ -212,136 +245,6 @@ pub fn query_tcp(addr: SocketAddr, query: &[u8], timeout: Duration) -> io::Resul
     s.read_exact(&mut answer)?;
     check_answer(query, &answer)?;
     Ok(answer)
-}
-
-/// `http://host:port/path` with an IP-literal host → (address, host header, path).
-fn parse_http_url(url: &str) -> io::Result<(SocketAddr, String, String)> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "https DoH upstreams are not supported yet",
-        ));
-    } else {
-        return Err(invalid(format!("not an http URL: {url}")));
-    };
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = match hostport.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => {
-            let host = hostport.trim_start_matches('[').trim_end_matches(']');
-            let ip: IpAddr = host
-                .parse()
-                .map_err(|_| invalid(format!("DoH host must be an IP address: {hostport}")))?;
-            SocketAddr::new(ip, 80)
-        }
-    };
-    Ok((addr, hostport.to_string(), path.to_string()))
-}
-
-/// DoH over plain HTTP/1.1 (the exit-node PeerAPI form): POST the query, expect 200
-/// with `application/dns-message`.
-pub fn query_doh(url: &str, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
-    let (addr, host, path) = parse_http_url(url)?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringscale/{}\r\n\
-         Content-Type: application/dns-message\r\nAccept: application/dns-message\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION"),
-        query.len()
-    );
-    let mut req = head.into_bytes();
-    req.extend_from_slice(query);
-    s.write_all(&req)?;
-    let mut resp = Vec::new();
-    s.take(MAX_ANSWER as u64 + 8192).read_to_end(&mut resp)?;
-    let (status, headers, body) = parse_http_response(&resp)?;
-    if status != 200 {
-        return Err(invalid(format!("DoH server answered HTTP {status}")));
-    }
-    let ct = header(&headers, "content-type").unwrap_or("");
-    if !ct.starts_with("application/dns-message") {
-        return Err(invalid(format!("DoH answer has content type {ct:?}")));
-    }
-    let body = if header(&headers, "transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(body)?
-    } else if let Some(len) = header(&headers, "content-length") {
-        let len: usize = len
-            .trim()
-            .parse()
-            .map_err(|_| invalid("bad Content-Length"))?;
-        body.get(..len)
-            .ok_or_else(|| invalid("DoH answer cut short"))?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
-    check_answer(query, &body)?;
-    Ok(body)
-}
-
-type Headers<'a> = Vec<(&'a str, &'a str)>;
-
-/// Splits an HTTP/1.x response into status, headers and the bytes after them.
-fn parse_http_response(resp: &[u8]) -> io::Result<(u16, Headers<'_>, &[u8])> {
-    let end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| invalid("HTTP response without a header end"))?;
-    let head = std::str::from_utf8(&resp[..end]).map_err(|_| invalid("HTTP header not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid(format!("bad HTTP status line {status_line:?}")))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect();
-    Ok((status, headers, &resp[end + 4..]))
-}
-
-fn header<'a>(headers: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| *v)
-}
-
-/// Decodes a chunked body.
-fn dechunk(mut body: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| invalid("bad chunk"))?;
-        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| invalid("bad chunk"))?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| invalid("bad chunk size"))?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if out.len() + size > MAX_ANSWER {
-            return Err(invalid("DoH answer too large"));
-        }
-        out.extend_from_slice(body.get(..size).ok_or_else(|| invalid("chunk cut short"))?);
-        body = body
-            .get(size + 2..)
-            .ok_or_else(|| invalid("chunk cut short"))?;
-    }
 }
 
 #[cfg(test)]
@@ -440,60 +343,5 @@ mod tests {
             a
         });
         assert!(query_dns(addr, &q, Duration::from_millis(500)).is_err());
-    }
-
-    #[test]
-    fn doh_posts_the_query_and_reads_the_answer() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            let mut req = Vec::new();
-            let mut buf = [0u8; 4096];
-            // Read the header and the body (whose length the header states).
-            loop {
-                let n = c.read(&mut buf).unwrap();
-                req.extend_from_slice(&buf[..n]);
-                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&req[..end]).to_string();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    if req.len() >= end + 4 + len {
-                        let q = req[end + 4..end + 4 + len].to_vec();
-                        let a = answer_to(&q, false);
-                        let chunked = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
-                            a.len()
-                        );
-                        c.write_all(chunked.as_bytes()).unwrap();
-                        c.write_all(&a).unwrap();
-                        c.write_all(b"\r\n0\r\n\r\n").unwrap();
-                        return head;
-                    }
-                }
-            }
-        });
-        let q = wire::build_query(0x7777, "exit.example.", wire::TYPE_A).unwrap();
-        let a = query_doh(
-            &format!("http://127.0.0.1:{port}/dns-query"),
-            &q,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(&a[..2], &[0x77, 0x77]);
-        let head = server.join().unwrap();
-        assert!(head.starts_with("POST /dns-query HTTP/1.1"));
-        assert!(head.contains("Content-Type: application/dns-message"));
-    }
-
-    #[test]
-    fn https_upstreams_are_refused_with_a_reason() {
-        let q = wire::build_query(1, "a.", wire::TYPE_A).unwrap();
-        let e = query_doh("https://dns.example/dns-query", &q, Duration::from_secs(1)).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
     }
 }
