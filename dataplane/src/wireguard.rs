@@ -12,7 +12,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ip_network::IpNetwork;
-use parking_lot::Mutex;
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -135,13 +135,89 @@ pub trait LocalService: Send + Sync {
     fn deliver(&self, pkt: &[u8]);
 }
 
+/// What every peer's [`Tunn`] of one table is made with besides the peer's own facts:
+/// our static key and the handshake rate limiter, shared by all peers.
+struct Identity {
+    private: StaticSecret,
+    rate_limiter: Arc<RateLimiter>,
+}
+
+/// A peer's boringtun state, made when the peer is first used (a packet to or from
+/// it, or a persistent keepalive). A `Tunn` is about 11 KB whatever it holds — eight
+/// session slots with their AEAD keys, inline — and most peers of a large tailnet are
+/// never talked to: made up front, Tunns were over half of the daemon's memory per
+/// netmap peer (heaptrack, 100 peers). A Tunn that does not exist yet is in the state a
+/// fresh one would be in: no sessions, no handshake, nothing queued, zero counters,
+/// and timers that do nothing without a keepalive (peers with one are made at once).
+/// Go's engine likewise configures WireGuard only with the peers in use.
+struct LazyTunn {
+    tunn: Mutex<Option<Box<Tunn>>>,
+    peer: Key,
+    keepalive: Option<u16>,
+    index: u32,
+    identity: Arc<Identity>,
+}
+
+impl LazyTunn {
+    fn new(
+        made: Option<Box<Tunn>>,
+        peer: Key,
+        keepalive: Option<u16>,
+        index: u32,
+        identity: &Arc<Identity>,
+    ) -> LazyTunn {
+        let lazy = LazyTunn {
+            tunn: Mutex::new(made),
+            peer,
+            keepalive,
+            index,
+            identity: identity.clone(),
+        };
+        if keepalive.is_some() {
+            // Its timers send keepalives from the start, as a Tunn made up front does.
+            drop(lazy.lock());
+        }
+        lazy
+    }
+
+    fn make(&self) -> Box<Tunn> {
+        Box::new(Tunn::new(
+            self.identity.private.clone(),
+            PublicKey::from(self.peer.0),
+            None,
+            self.keepalive,
+            self.index,
+            Some(self.identity.rate_limiter.clone()),
+        ))
+    }
+
+    /// The peer's Tunn, made now if it does not exist yet.
+    fn lock(&self) -> MappedMutexGuard<'_, Tunn> {
+        MutexGuard::map(self.tunn.lock(), |t| {
+            &mut **t.get_or_insert_with(|| self.make())
+        })
+    }
+
+    /// The peer's Tunn if it was ever made: reading stats or running timers of a peer
+    /// never used must not make one.
+    fn lock_made(&self) -> Option<MappedMutexGuard<'_, Tunn>> {
+        MutexGuard::try_map(self.tunn.lock(), |t| t.as_deref_mut()).ok()
+    }
+
+    /// Takes the Tunn out (for the same peer's entry in a new table); this one starts
+    /// over as never made.
+    fn take(&self) -> Option<Box<Tunn>> {
+        self.tunn.lock().take()
+    }
+}
+
 /// One peer: its WireGuard state and where it was last heard from.
 pub struct Peer {
     pub key: Key,
     /// Upper 24 bits of our session indices; routes incoming packets to this peer.
     index: u32,
     keepalive: Option<u16>,
-    tunn: Mutex<Tunn>,
+    tunn: LazyTunn,
     endpoint: Mutex<Option<SocketAddr>>,
     /// The endpoint the configuration gave; a new configuration with the same value
     /// keeps the roamed-to endpoint instead of resetting it.
@@ -173,8 +249,14 @@ impl Peer {
 
     /// Time since the last handshake, bytes sent, bytes received.
     pub fn stats(&self) -> (Option<std::time::Duration>, usize, usize) {
-        let (hs, tx, rx, _, _) = self.tunn.lock().stats();
-        (hs, tx, rx)
+        match self.tunn.lock_made() {
+            Some(tunn) => {
+                let (hs, tx, rx, _, _) = tunn.stats();
+                (hs, tx, rx)
+            }
+            // What a fresh Tunn reports.
+            None => (None, 0, 0),
+        }
     }
 }
 
@@ -197,6 +279,7 @@ pub struct PeerTable {
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<Key, Arc<Peer>>,
     rate_limiter: Arc<RateLimiter>,
+    identity: Arc<Identity>,
     /// The packet filter; None lets everything through (plain WireGuard).
     filter: Option<Filter>,
     pub drops: Arc<Drops>,
@@ -214,6 +297,13 @@ impl PeerTable {
         };
         let drops = previous.map(|p| p.drops.clone()).unwrap_or_default();
         let shared = previous.map(|p| p.shared.clone()).unwrap_or_default();
+        let identity = match previous {
+            Some(p) if same_identity => p.identity.clone(),
+            _ => Arc::new(Identity {
+                private: private.clone(),
+                rate_limiter: rate_limiter.clone(),
+            }),
+        };
         let mut table = PeerTable {
             private: private.clone(),
             public,
@@ -223,6 +313,7 @@ impl PeerTable {
             by_index: HashMap::with_capacity(cfg.peers.len()),
             by_key: HashMap::with_capacity(cfg.peers.len()),
             rate_limiter: rate_limiter.clone(),
+            identity: identity.clone(),
             // Remembered outbound flows carry over, so new rules do not cut replies.
             filter: cfg.filter.as_ref().map(|f| {
                 Filter::new(
@@ -257,22 +348,18 @@ impl PeerTable {
                     } else {
                         pc.endpoint
                     };
-                    let tunn = std::mem::replace(
-                        &mut *old.tunn.lock(),
-                        Tunn::new(
-                            private.clone(),
-                            PublicKey::from(pc.public_key.0),
-                            None,
-                            None,
-                            old.index,
-                            Some(rate_limiter.clone()),
-                        ),
-                    );
+                    let tunn = old.tunn.take();
                     Arc::new(Peer {
                         key: pc.public_key,
                         index: old.index,
                         keepalive: pc.persistent_keepalive,
-                        tunn: Mutex::new(tunn),
+                        tunn: LazyTunn::new(
+                            tunn,
+                            pc.public_key,
+                            pc.persistent_keepalive,
+                            old.index,
+                            &identity,
+                        ),
                         endpoint: Mutex::new(endpoint),
                         configured_endpoint: pc.endpoint,
                         allowed_ips: pc.allowed_ips.clone(),
@@ -286,14 +373,13 @@ impl PeerTable {
                         key: pc.public_key,
                         index,
                         keepalive: pc.persistent_keepalive,
-                        tunn: Mutex::new(Tunn::new(
-                            private.clone(),
-                            PublicKey::from(pc.public_key.0),
+                        tunn: LazyTunn::new(
                             None,
+                            pc.public_key,
                             pc.persistent_keepalive,
                             index,
-                            Some(rate_limiter.clone()),
-                        )),
+                            &identity,
+                        ),
                         endpoint: Mutex::new(pc.endpoint),
                         configured_endpoint: pc.endpoint,
                         allowed_ips: pc.allowed_ips.clone(),
@@ -482,7 +568,17 @@ impl PeerTable {
         if let Packet::HandshakeInit(_) | Packet::HandshakeResponse(_) = packet {
             log::debug!("wireguard: handshake message from {:?} at {from}", peer.key);
         }
-        let mut tunn = peer.tunn.lock();
+        // Only an initiation can start a peer's WireGuard state. Anything else that names
+        // a peer never used refers to a session we never made: junk, and making a Tunn
+        // for it would let forged datagrams spend the memory `LazyTunn` saves.
+        let tunn = match packet {
+            Packet::HandshakeInit(_) => Some(peer.tunn.lock()),
+            _ => peer.tunn.lock_made(),
+        };
+        let Some(mut tunn) = tunn else {
+            Drops::bump(&self.drops.invalid);
+            return;
+        };
         match tunn.decapsulate(Some(from.ip()), dgram, out) {
             TunnResult::WriteToNetwork(wire) => {
                 // Answers go where the peer's packets go: the discovered path when there
@@ -572,7 +668,11 @@ impl PeerTable {
         self.shared.now_ms.store(now_ms, Ordering::Relaxed);
         for peer in &self.peers {
             let endpoint = peer.endpoint();
-            match peer.tunn.lock().update_timers(out) {
+            // A peer never used has no timers running (see `LazyTunn`).
+            let Some(mut tunn) = peer.tunn.lock_made() else {
+                continue;
+            };
+            match tunn.update_timers(out) {
                 TunnResult::WriteToNetwork(wire) => {
                     if let Some(ep) = endpoint {
                         self.send_to(Some(peer), ep, wire, emit);

@@ -296,7 +296,11 @@ async fn poll(
         }
         Err(e) => return Err(e),
     };
-    let mut netmap = NetMap::new();
+    // Shared with `Inner::netmap` (and through it with DNS and the LocalAPI) once a
+    // full message was applied: one copy of the netmap, not one per holder. A message
+    // copies it only while others still hold the previous version.
+    let mut netmap = Arc::new(NetMap::new());
+    let mut keep_alive_time = None;
     loop {
         let msg = tokio::select! {
             m = session.next() => m?,
@@ -335,21 +339,45 @@ async fn poll(
             return Ok(Ended::Restart);
         }
         let keep_alive = msg.keep_alive;
-        apply(b, &mut netmap, msg)?;
+        apply(b, &mut netmap, &mut keep_alive_time, msg)?;
         *got_netmap |= !keep_alive;
     }
 }
 
-fn apply(b: &LocalBackend, netmap: &mut NetMap, mut msg: MapResponse) -> Result<(), ClientError> {
+/// Applies one message of the session to its netmap. A keep-alive carries nothing but
+/// `ControlTime`, which only matters to the next message's expiry check: it waits in
+/// `keep_alive_time` (with the local time it arrived at) instead of copying a netmap
+/// that others share.
+fn apply(
+    b: &LocalBackend,
+    netmap: &mut Arc<NetMap>,
+    keep_alive_time: &mut Option<(MapResponse, GoTime)>,
+    mut msg: MapResponse,
+) -> Result<(), ClientError> {
     // Actions, not state: taken out before the netmap sees the message.
     let _ping = msg.ping_request.take();
-    let keep_alive = msg.keep_alive;
-    let update = netmap
-        .apply(msg, GoTime::now())
-        .map_err(|e| ClientError::BadJson(e.to_string()))?;
-    if keep_alive {
+    if msg.keep_alive {
+        if msg.control_time.is_some() {
+            let now = GoTime::now();
+            match Arc::get_mut(netmap) {
+                Some(nm) => {
+                    // A keep-alive cannot fail to apply.
+                    let _ = nm.apply(msg, now);
+                }
+                None => *keep_alive_time = Some((msg, now)),
+            }
+        }
         return Ok(());
     }
+    let nm = Arc::make_mut(netmap);
+    if let Some((ka, at)) = keep_alive_time.take() {
+        let _ = nm.apply(ka, at);
+    }
+    let update = nm
+        .apply(msg, GoTime::now())
+        .map_err(|e| ClientError::BadJson(e.to_string()))?;
+    let shared = Arc::clone(netmap);
+    let netmap: &NetMap = &shared;
     let mut inner = b.lock();
     let authorized = netmap
         .self_node
@@ -374,7 +402,7 @@ fn apply(b: &LocalBackend, netmap: &mut NetMap, mut msg: MapResponse) -> Result<
             }
         }
     }
-    inner.netmap = Some(Arc::new(netmap.clone()));
+    inner.netmap = Some(Arc::clone(&shared));
     b.reconfigure_engine(&mut inner);
     if let Some(key) = inner.prefs.node_private_key() {
         let endpoints = hostinfo::local_endpoints(b.engine.port(), b.engine.tun_name());
