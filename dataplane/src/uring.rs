@@ -635,6 +635,9 @@ impl Worker {
     fn pump_tun(&mut self, slot: &TableSlot) {
         if !self.reads_ready.is_empty() && self.tx.has_room() {
             let table = worker::table(slot);
+            // The reads completed together go out together: a run stays open from one
+            // read to the next (one GSO send for many small packets) and is sent when
+            // they are all processed.
             while let Some(&(i, n)) = self.reads_ready.front() {
                 if !self.tx.has_room() {
                     break;
@@ -648,8 +651,15 @@ impl Worker {
                     is_v6: self.is_v6,
                 };
                 self.enc
-                    .process(&table, &self.read_bufs[i][..n], self.off.tun_tso, &mut tx);
+                    .process_more(&table, &self.read_bufs[i][..n], self.off.tun_tso, &mut tx);
             }
+            let mut tx = UringTx {
+                ring: &mut self.ring,
+                tx: &mut self.tx,
+                sock: self.sock.as_raw_fd(),
+                is_v6: self.is_v6,
+            };
+            self.enc.flush(&mut tx);
         }
         if self.tun_stopped {
             return;

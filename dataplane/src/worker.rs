@@ -207,7 +207,23 @@ impl Encryptor {
         tun_tso: bool,
         tx: &mut impl Transmit,
     ) {
-        if tx.rewind() {
+        self.process_more(table, read, tun_tso, tx);
+        self.flush(tx);
+    }
+
+    /// As [`Encryptor::process`], but the last run stays open so that the packets of
+    /// the next read can join it: without TSO every read is one packet, and a backend
+    /// that has several reads completed at once sends them with one GSO send instead
+    /// of one each. The caller must [`Encryptor::flush`] after its last read.
+    pub fn process_more(
+        &mut self,
+        table: &PeerTable,
+        read: &[u8],
+        tun_tso: bool,
+        tx: &mut impl Transmit,
+    ) {
+        // Writing from the buffer's start again is only possible with no run open.
+        if self.batch.count == 0 && tx.rewind() {
             self.batch = Batch::default();
         }
         let mut memo = LookupMemo::default();
@@ -233,6 +249,10 @@ impl Encryptor {
         } else {
             self.batch.encrypt(table, &mut memo, read, tx);
         }
+    }
+
+    /// Sends the open run, if any.
+    pub fn flush(&mut self, tx: &mut impl Transmit) {
         self.batch.flush(tx);
     }
 }
@@ -736,6 +756,33 @@ mod tests {
         assert_eq!(runs.len(), 53);
         assert!(runs.iter().all(|r| r.count == 1 && r.segment == 0));
         assert_eq!(tun_writes, 53);
+    }
+
+    #[test]
+    fn reads_processed_together_leave_in_one_gso_send() {
+        let (a, _b) = connected();
+        let mut tx = FakeTx {
+            buf: vec![0; TX_BUFFER],
+            runs: vec![],
+            data: vec![],
+            gso: true,
+        };
+        let mut enc = Encryptor::new();
+        // Five plain reads (no TSO: one packet each), as a backend gets them from one
+        // io_uring_enter: one run of five equal datagrams, sent at the flush.
+        for i in 0..5 {
+            enc.process_more(&a, &tcp_v4(i * 100, &[7; 100]), false, &mut tx);
+        }
+        assert!(tx.runs.is_empty(), "a run was sent before the flush");
+        enc.flush(&mut tx);
+        assert_eq!(tx.runs.len(), 1);
+        assert_eq!((tx.runs[0].count, tx.runs[0].segment), (5, 172));
+        // One read at a time (`process`): a send each.
+        for i in 0..3 {
+            enc.process(&a, &tcp_v4(i * 100, &[7; 100]), false, &mut tx);
+        }
+        assert_eq!(tx.runs.len(), 4);
+        assert!(tx.runs[1..].iter().all(|r| r.count == 1));
     }
 
     #[test]
