@@ -638,27 +638,21 @@ impl Worker {
             // The reads completed together go out together: a run stays open from one
             // read to the next (one GSO send for many small packets) and is sent when
             // they are all processed.
-            while let Some(&(i, n)) = self.reads_ready.front() {
-                if !self.tx.has_room() {
-                    break;
-                }
-                self.reads_ready.pop_front();
-                self.read_state[i] = Slot::Idle;
-                let mut tx = UringTx {
-                    ring: &mut self.ring,
-                    tx: &mut self.tx,
-                    sock: self.sock.as_raw_fd(),
-                    is_v6: self.is_v6,
-                };
-                self.enc
-                    .process_more(&table, &self.read_bufs[i][..n], self.off.tun_tso, &mut tx);
-            }
             let mut tx = UringTx {
                 ring: &mut self.ring,
                 tx: &mut self.tx,
                 sock: self.sock.as_raw_fd(),
                 is_v6: self.is_v6,
             };
+            while let Some(&(i, n)) = self.reads_ready.front() {
+                if !tx.tx.has_room() {
+                    break;
+                }
+                self.reads_ready.pop_front();
+                self.read_state[i] = Slot::Idle;
+                self.enc
+                    .process_more(&table, &self.read_bufs[i][..n], self.off.tun_tso, &mut tx);
+            }
             self.enc.flush(&mut tx);
         }
         if self.tun_stopped {
