@@ -576,7 +576,10 @@ fn start_static(
                 .arg(&end.ifname);
             c
         }
-        Tunnel::Ringscale { daemon_args } => {
+        Tunnel::Ringscale {
+            daemon_args,
+            daemon_env,
+        } => {
             let bin = tools.ringscale.as_ref().map_err(Clone::clone)?;
             let conf = bed.logs.path.join(format!("ringscale-{host}.conf"));
             write_private(&conf, &end.wg_quick_conf())?;
@@ -589,7 +592,8 @@ fn start_static(
                 .arg(bed.logs.path.join(format!("state{host}")))
                 .arg("--socket")
                 .arg(bed.logs.path.join(format!("tailscaled{host}.sock")))
-                .args(daemon_args);
+                .args(daemon_args)
+                .envs(daemon_env.iter().map(|(k, v)| (k, v)));
             c
         }
     };

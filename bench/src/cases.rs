@@ -14,8 +14,11 @@ pub enum Tunnel {
     /// boringtun-cli from crates.io, configured with `wg`.
     Boringtun { threads: u32 },
     /// Our daemon with a static WireGuard config: `ringscale tailscaled --wg-config FILE
-    /// --tun NAME` plus extra flags.
-    Ringscale { daemon_args: Vec<String> },
+    /// --tun NAME` plus extra flags and environment variables.
+    Ringscale {
+        daemon_args: Vec<String>,
+        daemon_env: Vec<(String, String)>,
+    },
     /// Our daemon as it is really used: `ringscale tailscaled --config FILE`, joined to
     /// the tailnet through the test control server, plus extra flags.
     RingscaleTailnet {
@@ -40,9 +43,8 @@ pub enum TailnetPath {
 impl Tunnel {
     pub fn daemon_args(&self) -> &[String] {
         match self {
-            Tunnel::Ringscale { daemon_args } | Tunnel::RingscaleTailnet { daemon_args, .. } => {
-                daemon_args
-            }
+            Tunnel::Ringscale { daemon_args, .. }
+            | Tunnel::RingscaleTailnet { daemon_args, .. } => daemon_args,
             _ => &[],
         }
     }
@@ -83,10 +85,23 @@ const ALL: &[Topology] = &[
 const HUB: &[Topology] = &[Topology::Tailnet, Topology::ExitNode];
 
 fn ringscale(name: &'static str, args: &[&str], note: &'static str) -> Case {
+    ringscale_env(name, args, &[], note)
+}
+
+fn ringscale_env(
+    name: &'static str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    note: &'static str,
+) -> Case {
     Case {
         name,
         tunnel: Tunnel::Ringscale {
             daemon_args: args.iter().map(|s| s.to_string()).collect(),
+            daemon_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         },
         mtu: TUNNEL_MTU,
         topologies: ALL,
@@ -151,6 +166,12 @@ pub fn all_cases() -> Vec<Case> {
             "ringscale-epoll-no-offload",
             &["--io=epoll", "--offload=false"],
             "static, --io=epoll --offload=false (neither lever)",
+        ),
+        ringscale_env(
+            "ringscale-ring-aead",
+            &[],
+            &[("RINGSCALE_AEAD", "ring")],
+            "static, RINGSCALE_AEAD=ring (ring's AVX2 ChaCha20-Poly1305 instead of ours)",
         ),
         ringscale(
             "ringscale-1w",
@@ -330,6 +351,7 @@ pub fn default_plan(t: Topology) -> &'static [(&'static str, &'static [&'static 
             ("ringscale", &["tcp-1", "tcp-4", "tcp-1-rev", "udp-knee"]),
             ("ringscale-epoll", ONE),
             ("ringscale-no-offload", ONE),
+            ("ringscale-ring-aead", ONE),
         ],
         Topology::Tailnet => &[
             ("ringscale", ONE),

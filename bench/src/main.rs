@@ -164,10 +164,20 @@ fn tunnel_label(t: &Tunnel) -> String {
         Tunnel::None => "none".into(),
         Tunnel::WireguardGo => "wireguard-go".into(),
         Tunnel::Boringtun { threads } => format!("boringtun-cli --threads {threads}"),
-        Tunnel::Ringscale { daemon_args } => {
-            format!("ringscale tailscaled --wg-config {}", daemon_args.join(" "))
-                .trim()
-                .to_string()
+        Tunnel::Ringscale {
+            daemon_args,
+            daemon_env,
+        } => {
+            let env: String = daemon_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v} "))
+                .collect();
+            format!(
+                "{env}ringscale tailscaled --wg-config {}",
+                daemon_args.join(" ")
+            )
+            .trim()
+            .to_string()
         }
         Tunnel::RingscaleTailnet {
             daemon_args,

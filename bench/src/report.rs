@@ -369,6 +369,7 @@ pub fn comparisons(summary: &[Summary]) -> String {
         ("point-to-point", "ringscale-no-offload", "ringscale"),
         ("point-to-point", "ringscale-epoll-no-offload", "ringscale"),
         ("point-to-point", "ringscale-1w", "ringscale"),
+        ("point-to-point", "ringscale-ring-aead", "ringscale"),
         ("tailnet", "ringscale-tailnet", "ringscale"),
         ("tailnet", "ringscale-derp", "ringscale-tailnet"),
         ("exit-node", "ringscale-tailnet", "ringscale"),

@@ -198,12 +198,13 @@ impl Engine {
             .name("timers".into())
             .spawn(move || timer_loop(&slot, &timer_sock))?;
         log::info!(
-            "wireguard: {} up, mtu {}, udp port {}, {} peers, {workers} workers ({backend}), offloads {:?}",
+            "wireguard: {} up, mtu {}, udp port {}, {} peers, {workers} workers ({backend}), offloads {:?}, cipher {}",
             engine.tun_name,
             cfg.mtu,
             engine.port,
             cfg.peers.len(),
-            engine.offloads
+            engine.offloads,
+            ringscale_aead::implementation()
         );
         Ok(engine)
     }
