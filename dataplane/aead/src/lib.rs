@@ -5,7 +5,7 @@
 //! The vendored boringtun (third_party/boringtun) seals and opens every data packet
 //! through [`TransportKey`], so this crate is the one place where the packet cipher is
 //! chosen: our AVX-512 code on x86_64 CPUs that have AVX-512 F/BW/VL and IFMA
-//! (`x86_64_avx512`, 1.7× ring's seal and 2× its open on 1280-byte packets here), ring
+//! (`x86_64_avx512`, about twice ring's speed on 1280-byte packets here), ring
 //! everywhere else. [`implementation`] says which one this process uses; setting
 //! `RINGSCALE_AEAD=ring` in the environment forces ring (for comparison and as an escape
 //! hatch).
