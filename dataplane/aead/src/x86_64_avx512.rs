@@ -523,6 +523,10 @@ fn finish(h: Limbs, s: u128) -> [u8; 16] {
 /// Eight interleaved Poly1305 Horner chains over 128-byte groups: lane j takes block j
 /// of every group. Each group does acc = acc·r^8 + m; `finish` multiplies lane j by
 /// r^(8-j) and adds the lanes, giving the ordinary Poly1305 value of all the blocks.
+///
+/// The group loop is bound by IFMA throughput (eighteen 52-bit multiplies per 128
+/// bytes, ~8 ns here), not by the chain's latency: a second, interleaved chain measured
+/// no faster and was not kept.
 struct Poly8 {
     acc: [__m512i; 3],
     r8: [__m512i; 3],
@@ -539,23 +543,24 @@ impl Poly8 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
     unsafe fn new(r: Limbs) -> Poly8 {
-        let r2 = mul_scalar(r, r);
-        let r4 = mul_scalar(r2, r2);
-        let r8 = mul_scalar(r4, r4);
+        // Lane j's multiplier r^(8-j), built from r in three vector multiplications:
+        // step b multiplies the lanes whose 7-j has bit b by r^(2^b), and lane 0 (7 =
+        // all bits) then holds r^(2^(b+1)), the next step's multiplier.
         let splat = |v: u64| _mm512_set1_epi64(v as i64);
-        // Lane j's multiplier r^(8-j), built from r by lane masks: lane j multiplies
-        // by r^(2^b) for each bit b set in 7-j.
+        let lane0 =
+            |v: [__m512i; 3]| v.map(|x| _mm512_permutexvar_epi64(_mm512_setzero_si512(), x));
+        let one = [splat(1), splat(0), splat(0)];
         let mut p = [splat(r[0]), splat(r[1]), splat(r[2])];
-        for (mask, q) in [(0b0101_0101u8, r), (0b0011_0011, r2), (0b0000_1111, r4)] {
-            let pick =
-                |limb: usize, one: u64| _mm512_mask_blend_epi64(mask, splat(one), splat(q[limb]));
-            let m = [pick(0, 1), pick(1, 0), pick(2, 0)];
+        let mut q = p;
+        for mask in [0b0101_0101u8, 0b0011_0011, 0b0000_1111] {
+            let m = [0, 1, 2].map(|i| _mm512_mask_blend_epi64(mask, one[i], q[i]));
             p = mul8(p, &m, &[times20(m[1]), times20(m[2])]);
+            q = lane0(p);
         }
         Poly8 {
             acc: [_mm512_setzero_si512(); 3],
-            r8: [splat(r8[0]), splat(r8[1]), splat(r8[2])],
-            s8: [splat(r8[1] * 20), splat(r8[2] * 20)],
+            s8: [times20(q[1]), times20(q[2])],
+            r8: q,
             lane_s: [times20(p[1]), times20(p[2])],
             lane_r: p,
             started: false,
@@ -609,16 +614,18 @@ impl Poly8 {
     }
 }
 
-/// a·b + c·d + e·f, low 52-bit halves: three independent products, then two adds (a
-/// shorter dependency chain than accumulating through one register).
+/// a·b + c·d + e·f, low 52-bit halves, accumulated through IFMA's own adder (the
+/// chain is longer than three products and two adds, but the group loop is bound by
+/// instruction count, not by this latency).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512ifma")]
 unsafe fn lo(a: __m512i, b: __m512i, c: __m512i, d: __m512i, e: __m512i, f: __m512i) -> __m512i {
     let z = _mm512_setzero_si512();
-    let p = _mm512_madd52lo_epu64(z, a, b);
-    let q = _mm512_madd52lo_epu64(z, c, d);
-    let r = _mm512_madd52lo_epu64(z, e, f);
-    _mm512_add_epi64(_mm512_add_epi64(p, q), r)
+    _mm512_madd52lo_epu64(
+        _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, a, b), c, d),
+        e,
+        f,
+    )
 }
 
 /// As `lo`, high halves (bits 52..104 of each product).
@@ -626,10 +633,11 @@ unsafe fn lo(a: __m512i, b: __m512i, c: __m512i, d: __m512i, e: __m512i, f: __m5
 #[target_feature(enable = "avx512f,avx512vl,avx512ifma")]
 unsafe fn hi(a: __m512i, b: __m512i, c: __m512i, d: __m512i, e: __m512i, f: __m512i) -> __m512i {
     let z = _mm512_setzero_si512();
-    let p = _mm512_madd52hi_epu64(z, a, b);
-    let q = _mm512_madd52hi_epu64(z, c, d);
-    let r = _mm512_madd52hi_epu64(z, e, f);
-    _mm512_add_epi64(_mm512_add_epi64(p, q), r)
+    _mm512_madd52hi_epu64(
+        _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, a, b), c, d),
+        e,
+        f,
+    )
 }
 
 /// Eight lane-wise h·r mod 2^130-5 with IFMA. Each 52×52-bit product splits into a
