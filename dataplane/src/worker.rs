@@ -15,7 +15,9 @@
 //! * the `epoll` backend ([`tun_to_network`], [`network_to_tun`]): two threads per
 //!   worker with blocking syscalls. It is named `epoll` on the command line because
 //!   that is the name users know for "plain syscalls, no io_uring"; blocking threads
-//!   need no readiness polling at all, and each direction gets its own thread;
+//!   need no readiness polling at all, and each direction gets its own thread. TUN
+//!   reads come in batches all the same: a blocking read, then what is queued already
+//!   (read without waiting), all sent together;
 //! * the `io_uring` backend lives in `uring.rs` and calls the same core.
 
 use crate::offload::{Coalescer, Segmenter, VNET_HDR_LEN};
@@ -514,26 +516,179 @@ impl Transmit for SyscallTx<'_> {
 }
 
 /// TUN → network on a blocking thread: read, segment, encrypt, send in GSO batches.
+///
+/// Each batch is one blocking read and then up to [`READ_BATCH`] − 1 more of what is
+/// queued already (see [`TunQueue`]); the packets of all of them go through one
+/// [`Encryptor`] run, sent when the batch ends, so small packets (no TSO: one per read)
+/// that arrived together leave in one UDP GSO send instead of one sendmsg each, as on
+/// the io_uring backend. The thread waits only in that first read, inside the kernel,
+/// and ends when a read fails for good (the TUN went away); otherwise it ends with the
+/// process, as before.
 pub fn tun_to_network(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloads) {
-    let mut read = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
-    let mut enc = Encryptor::new();
     let mut tx = SyscallTx {
         sock,
         is_v6: sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false),
         buf: vec![0; TX_BUFFER].into_boxed_slice(),
         gso: off.udp_gso,
     };
-    loop {
-        let n = match tun.read(&mut read) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("read from {}: {e}; packet path stopped", tun.name());
-                return;
-            }
-        };
-        enc.process(&table(slot), &read[..n], off.tun_tso, &mut tx);
+    let e = encrypt_batches(&mut TunQueue::new(tun), slot, off.tun_tso, &mut tx);
+    log::error!("read from {}: {e}; packet path stopped", tun.name());
+}
+
+/// Most TUN reads in one batch: as many datagrams as one GSO send takes, so small
+/// packets fill whole sends. The bound makes a queue that never runs empty still send
+/// its open run and pick up a new peer table now and then.
+///
+/// The transmit buffer's room is no bound here, unlike on io_uring: [`SyscallTx`]
+/// sends each run before it returns, so when a packet does not fit behind the open
+/// run the core sends that run and starts the buffer over (`next_buffer` is always
+/// true); a batch can be any size.
+const READ_BATCH: usize = GSO_MAX_SEGMENTS;
+
+/// Where the TUN → network thread reads: the TUN queue ([`TunQueue`]), or in tests a
+/// script of reads.
+trait ReadSource {
+    /// The next packet, waiting for it.
+    fn read_wait(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The next packet if one is queued already; None if not, or if reading failed
+    /// (an error that lasts is reported by the next `read_wait`).
+    fn read_queued(&mut self, buf: &mut [u8]) -> Option<usize>;
+}
+
+/// A TUN queue read in batches with plain syscalls.
+///
+/// The thread blocks in read(2) itself, no readiness polling: the descriptor stays
+/// blocking. What else is queued once that read returns is read without waiting by
+/// preadv2(RWF_NOWAIT), which makes just that call non-blocking (EAGAIN when the queue
+/// is empty). Setting O_NONBLOCK instead would change the queue's other handles too
+/// (they are dup'd, so they share the open file description: the network → TUN
+/// thread and the control thread write through them), and a second descriptor with
+/// its own flags cannot be had (opening /dev/net/tun again attaches a new queue).
+///
+/// Kernels that refuse RWF_NOWAIT on a TUN (before 5.9) get poll(2) with a zero
+/// timeout before each further read instead: one syscall more per packet, still one
+/// send per batch. The read after a "readable" poll does not block because this thread
+/// is the queue's only reader.
+struct TunQueue<'a> {
+    tun: &'a Tun,
+    /// RWF_NOWAIT works (until the kernel says otherwise).
+    nowait: bool,
+}
+
+impl<'a> TunQueue<'a> {
+    fn new(tun: &'a Tun) -> TunQueue<'a> {
+        TunQueue { tun, nowait: true }
     }
+
+    /// A queue read with poll(2) before each further read, as on old kernels.
+    #[cfg(test)]
+    fn with_poll(tun: &'a Tun) -> TunQueue<'a> {
+        TunQueue { tun, nowait: false }
+    }
+}
+
+/// Errors by which the kernel says it cannot do preadv2(RWF_NOWAIT) here (a seccomp
+/// filter may answer EPERM).
+fn nowait_unsupported(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EPERM
+    )
+}
+
+impl ReadSource for TunQueue<'_> {
+    fn read_wait(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tun.read(buf)
+    }
+
+    fn read_queued(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.nowait {
+            match self.tun.read_nowait(buf) {
+                Ok(n) => return n,
+                Err(e) if e.raw_os_error().is_some_and(nowait_unsupported) => {
+                    log::info!(
+                        "{}: reads without waiting refused ({e}); polling before each read",
+                        self.tun.name()
+                    );
+                    self.nowait = false;
+                }
+                Err(e) => {
+                    log::debug!("read from {}: {e}", self.tun.name());
+                    return None;
+                }
+            }
+        }
+        match self.tun.readable_now() {
+            Ok(true) => match self.tun.read(buf) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    log::debug!("read from {}: {e}", self.tun.name());
+                    None
+                }
+            },
+            Ok(false) => None,
+            Err(e) => {
+                log::debug!("poll on {}: {e}", self.tun.name());
+                None
+            }
+        }
+    }
+}
+
+/// Runs batches until a blocking read fails for another reason than a signal; returns
+/// that error. All buffers are allocated here, once.
+fn encrypt_batches(
+    src: &mut impl ReadSource,
+    slot: &TableSlot,
+    tun_tso: bool,
+    tx: &mut impl Transmit,
+) -> io::Error {
+    let mut read = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
+    let mut enc = Encryptor::new();
+    loop {
+        if let Err(e) = encrypt_batch(src, slot, &mut enc, &mut read, tun_tso, tx) {
+            return e;
+        }
+    }
+}
+
+/// One batch: waits for a read, takes up to [`READ_BATCH`] − 1 more that are queued
+/// already, feeds each to the encryptor as it comes (one read buffer is enough: the
+/// core has encrypted a read into the transmit buffer before the next is read), and
+/// sends what is left open at the end. Returns the number of reads.
+fn encrypt_batch(
+    src: &mut impl ReadSource,
+    slot: &TableSlot,
+    enc: &mut Encryptor,
+    read: &mut [u8],
+    tun_tso: bool,
+    tx: &mut impl Transmit,
+) -> io::Result<usize> {
+    let first = loop {
+        match src.read_wait(read) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // The table as of this batch: a new configuration applies from the next.
+    let table = table(slot);
+    let mut reads = 0;
+    let mut next = Some(first);
+    while let Some(n) = next {
+        reads += 1;
+        // An empty read carries no packet (WireGuard would send a keepalive for it).
+        if n > 0 {
+            enc.process_more(&table, &read[..n], tun_tso, tx);
+        }
+        next = if reads < READ_BATCH {
+            src.read_queued(read)
+        } else {
+            None
+        };
+    }
+    enc.flush(tx);
+    Ok(reads)
 }
 
 /// Network → TUN on a blocking thread: receive GRO batches, decrypt, coalesce, write.
@@ -783,6 +938,274 @@ mod tests {
         }
         assert_eq!(tx.runs.len(), 4);
         assert!(tx.runs[1..].iter().all(|r| r.count == 1));
+    }
+
+    // ----- The epoll backend's TUN → network batches.
+
+    /// TUN reads as the kernel hands them out, in bursts queued together: `read_wait`
+    /// starts on the next burst when the current one is used up (an error when none is
+    /// left: the TUN went away); `read_queued` takes from the current burst.
+    struct ScriptedReads {
+        bursts: std::collections::VecDeque<std::collections::VecDeque<Vec<u8>>>,
+        current: std::collections::VecDeque<Vec<u8>>,
+        waits: usize,
+        /// Most `read_queued` calls that returned a packet in one batch.
+        longest_batch: usize,
+        queued_in_batch: usize,
+    }
+
+    impl ScriptedReads {
+        fn new(bursts: Vec<Vec<Vec<u8>>>) -> ScriptedReads {
+            ScriptedReads {
+                bursts: bursts.into_iter().map(Into::into).collect(),
+                current: Default::default(),
+                waits: 0,
+                longest_batch: 0,
+                queued_in_batch: 0,
+            }
+        }
+
+        fn copy_out(pkt: Vec<u8>, buf: &mut [u8]) -> usize {
+            buf[..pkt.len()].copy_from_slice(&pkt);
+            pkt.len()
+        }
+    }
+
+    impl ReadSource for ScriptedReads {
+        fn read_wait(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.waits += 1;
+            self.queued_in_batch = 0;
+            if self.current.is_empty() {
+                self.current = self
+                    .bursts
+                    .pop_front()
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADFD))?;
+            }
+            Ok(Self::copy_out(self.current.pop_front().unwrap(), buf))
+        }
+
+        fn read_queued(&mut self, buf: &mut [u8]) -> Option<usize> {
+            let pkt = self.current.pop_front()?;
+            self.queued_in_batch += 1;
+            self.longest_batch = self.longest_batch.max(self.queued_in_batch);
+            Some(Self::copy_out(pkt, buf))
+        }
+    }
+
+    fn fake_tx(size: usize, gso: bool) -> FakeTx {
+        FakeTx {
+            buf: vec![0; size],
+            runs: vec![],
+            data: vec![],
+            gso,
+        }
+    }
+
+    /// Every packet B gets out of the sent runs, in the order they were sent.
+    fn decrypt_runs(b: &PeerTable, tx: &FakeTx) -> Vec<Vec<u8>> {
+        let mut out = vec![0u8; MAX_PACKET];
+        let mut got = Vec::new();
+        for (run, data) in tx.runs.iter().zip(&tx.data) {
+            let seg = if run.segment == 0 {
+                data.len()
+            } else {
+                usize::from(run.segment)
+            };
+            let dgrams: Vec<&[u8]> = data.chunks(seg).collect();
+            assert_eq!(dgrams.len(), run.count, "run of {} datagrams", run.count);
+            for d in dgrams {
+                b.decapsulate(ep(EP_A), d, &mut out, &mut |e| match e {
+                    Emit::Tun(p) => got.push(p.to_vec()),
+                    Emit::Network(..) => panic!("unexpected reply"),
+                });
+            }
+        }
+        got
+    }
+
+    /// Runs the epoll backend's TUN → network loop over `bursts` until the reads run
+    /// out (as when the TUN goes away).
+    fn run_batches(
+        a: PeerTable,
+        bursts: Vec<Vec<Vec<u8>>>,
+        tun_tso: bool,
+        tx: &mut FakeTx,
+    ) -> ScriptedReads {
+        let slot: TableSlot = Mutex::new(Arc::new(a));
+        let mut src = ScriptedReads::new(bursts);
+        let e = encrypt_batches(&mut src, &slot, tun_tso, tx);
+        assert_eq!(e.raw_os_error(), Some(libc::EBADFD), "stopped for {e}");
+        src
+    }
+
+    #[test]
+    fn queued_tun_reads_leave_in_one_send_per_batch() {
+        let (a, b) = connected();
+        let small: Vec<Vec<u8>> = (0..5).map(|i| tcp_v4(i * 100, &[1; 100])).collect();
+        // Mixed sizes: a shorter datagram ends a GSO run (the next one starts at the
+        // buffer's start again). In a 4 KB transmit buffer the seventh packet does not
+        // fit behind the three before it, though it could join their run: the open
+        // run is sent and the buffer starts over.
+        let mixed: Vec<Vec<u8>> = [1000, 1000, 400, 1000, 1000, 1000, 1000, 60]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| tcp_v4(10_000 + i as u32 * 1000, &vec![i as u8; n]))
+            .collect();
+        let mut tx = fake_tx(4096, true);
+        let src = run_batches(a, vec![small.clone(), mixed.clone()], false, &mut tx);
+        // One blocking read per burst, then the failing one that stops the loop.
+        assert_eq!(src.waits, 3);
+        let counts: Vec<usize> = tx.runs.iter().map(|r| r.count).collect();
+        assert_eq!(counts, vec![5, 3, 3, 2], "runs: {:?}", tx.runs);
+        let wire_1000 = 20 + 20 + 1000 + 32;
+        assert_eq!(tx.runs[0].segment, 20 + 20 + 100 + 32);
+        assert!(tx.runs[1..]
+            .iter()
+            .all(|r| usize::from(r.segment) == wire_1000));
+        assert_eq!(tx.runs[2].range, 0..3 * wire_1000);
+        assert_eq!(tx.runs[3].range, 0..wire_1000 + 20 + 20 + 60 + 32);
+        let sent: Vec<Vec<u8>> = small.into_iter().chain(mixed).collect();
+        assert!(decrypt_runs(&b, &tx) == sent, "packets lost or reordered");
+    }
+
+    #[test]
+    fn without_gso_a_batch_still_sends_every_packet_in_order() {
+        let (a, b) = connected();
+        let pkts: Vec<Vec<u8>> = [100, 1200, 30, 1200]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| tcp_v4(i as u32 * 2000, &vec![9; n]))
+            .collect();
+        let mut tx = fake_tx(TX_BUFFER, false);
+        run_batches(a, vec![pkts.clone()], false, &mut tx);
+        assert!(tx.runs.iter().all(|r| r.count == 1 && r.segment == 0));
+        assert!(decrypt_runs(&b, &tx) == pkts, "packets lost or reordered");
+    }
+
+    #[test]
+    fn a_long_queue_is_read_in_bounded_batches() {
+        let (a, b) = connected();
+        let n = 2 * READ_BATCH + 10;
+        let pkts: Vec<Vec<u8>> = (0..n as u32).map(|i| tcp_v4(i * 50, &[3; 50])).collect();
+        let mut tx = fake_tx(TX_BUFFER, true);
+        let src = run_batches(a, vec![pkts.clone()], false, &mut tx);
+        // Three batches (a blocking read each) and the failing read.
+        assert_eq!(src.waits, 4);
+        assert_eq!(src.longest_batch, READ_BATCH - 1);
+        let counts: Vec<usize> = tx.runs.iter().map(|r| r.count).collect();
+        assert_eq!(counts, vec![READ_BATCH, READ_BATCH, 10]);
+        assert!(decrypt_runs(&b, &tx) == pkts, "packets lost or reordered");
+    }
+
+    #[test]
+    fn tso_reads_and_plain_reads_batch_together() {
+        let (a, b) = connected();
+        let big: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        // A super-packet, a small packet (a virtio_net_hdr without GSO) and another
+        // super-packet, queued together.
+        let mut plain = vec![0u8; VNET_HDR_LEN];
+        plain.extend(tcp_v4(50_000, b"ack-sized"));
+        let reads = vec![
+            tso_read(&big, 1240),
+            plain,
+            testpkt::tso_read(&ip_a_to_b(), &tcp(90_000), &big, 1240, false),
+        ];
+        let mut tx = fake_tx(TX_BUFFER, true);
+        run_batches(a, vec![reads], true, &mut tx);
+        // 20000 bytes in 1240-byte segments: 16 full and a short one that ends the run.
+        let counts: Vec<usize> = tx.runs.iter().map(|r| r.count).collect();
+        assert_eq!(counts, vec![17, 1, 17]);
+        let got = decrypt_runs(&b, &tx);
+        let payload: Vec<u8> = got.iter().flat_map(|p| p[40..].to_vec()).collect();
+        let want = [&big[..], b"ack-sized", &big[..]].concat();
+        assert!(payload == want, "payload changed on the way");
+    }
+
+    #[test]
+    fn empty_and_interrupted_reads_send_nothing() {
+        struct Flaky(usize);
+        impl ReadSource for Flaky {
+            fn read_wait(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                self.0 += 1;
+                match self.0 {
+                    1 => Err(io::Error::from_raw_os_error(libc::EINTR)),
+                    2 => Ok(0),
+                    _ => Err(io::Error::from_raw_os_error(libc::EBADFD)),
+                }
+            }
+            fn read_queued(&mut self, _: &mut [u8]) -> Option<usize> {
+                None
+            }
+        }
+        let (a, _b) = connected();
+        let slot: TableSlot = Mutex::new(Arc::new(a));
+        let mut tx = fake_tx(TX_BUFFER, true);
+        let e = encrypt_batches(&mut Flaky(0), &slot, false, &mut tx);
+        assert_eq!(e.raw_os_error(), Some(libc::EBADFD));
+        // A signal does not stop the thread, and an empty read is no keepalive.
+        assert!(tx.runs.is_empty());
+    }
+
+    /// The TUN queue against the kernel (needs root; ignored by default): in a network
+    /// namespace of its own, datagrams routed into a TUN are read one by blocking read,
+    /// the rest without waiting, in order, and an empty queue answers at once. Both ways
+    /// of not waiting: RWF_NOWAIT, and poll for kernels without it.
+    #[test]
+    #[ignore = "needs root: creates a TUN device in a private network namespace"]
+    fn tun_queue_reads_what_is_queued_without_waiting() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // A thread of its own, so that a read that blocks cannot hang the test.
+        std::thread::spawn(move || {
+            let _ = done_tx.send(std::panic::catch_unwind(tun_queue_check));
+        });
+        match done_rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(Ok(())) => {}
+            Ok(Err(p)) => std::panic::resume_unwind(p),
+            Err(_) => panic!("a TUN read blocked"),
+        }
+    }
+
+    fn tun_queue_check() {
+        use std::process::Command;
+        // SAFETY: unshare only changes this thread's namespaces.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare(CLONE_NEWNET) needs root"
+        );
+        let sh = |cmd: &str| {
+            let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+            assert!(st.success(), "{cmd}");
+        };
+        // No IPv6 router solicitations or MLD reports between our datagrams.
+        sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+        let tun = Tun::open_with("rsbatch0", false, false).unwrap();
+        sh("ip addr add 10.231.0.1/24 dev rsbatch0 && ip link set rsbatch0 up");
+        let sock = UdpSocket::bind("10.231.0.1:0").unwrap();
+        let mut buf = vec![0u8; MAX_PACKET];
+        for poll in [false, true] {
+            let mut q = if poll {
+                TunQueue::with_poll(&tun)
+            } else {
+                TunQueue::new(&tun)
+            };
+            assert_eq!(q.read_queued(&mut buf), None, "empty queue (poll: {poll})");
+            let sizes = [10usize, 500, 1200];
+            for &n in &sizes {
+                sock.send_to(&vec![n as u8; n], "10.231.0.2:9").unwrap();
+            }
+            let mut got = vec![q.read_wait(&mut buf).unwrap()];
+            while let Some(n) = q.read_queued(&mut buf[..]) {
+                got.push(n);
+                assert!(got.len() <= sizes.len(), "more packets than sent");
+                // The payload of the last read: each datagram's bytes are its size.
+                assert!(buf[28..n].iter().all(|&b| b == (n - 28) as u8));
+            }
+            // IPv4 + UDP headers around each datagram, all of them, in order.
+            let want: Vec<usize> = sizes.iter().map(|n| n + 28).collect();
+            assert_eq!(got, want, "poll: {poll}");
+            assert_eq!(q.nowait, !poll, "RWF_NOWAIT refused on this kernel");
+        }
     }
 
     #[test]

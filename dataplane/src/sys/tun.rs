@@ -122,6 +122,54 @@ impl Tun {
         cvt_size(unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
     }
 
+    /// Reads one IP packet if one is queued, without waiting: `Ok(None)` when the queue
+    /// is empty. preadv2(RWF_NOWAIT) makes this one read non-blocking and leaves the
+    /// descriptor blocking (O_NONBLOCK would change every clone of it: they share one
+    /// open file description). Kernels before 5.9 refuse RWF_NOWAIT on a TUN with
+    /// EOPNOTSUPP, before 4.14 on anything (EOPNOTSUPP), before 4.6 have no preadv2
+    /// (ENOSYS): those errors are returned for the caller to fall back.
+    pub fn read_nowait(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // The raw syscall, not libc's wrapper (glibc 2.26+, recent musl only). Offset -1
+        // in both halves: "the current position", the only meaning a stream has.
+        // SAFETY: the iovec describes `buf`, valid for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_preadv2,
+                self.fd.as_raw_fd(),
+                &iov as *const libc::iovec,
+                1,
+                -1 as libc::c_long,
+                -1 as libc::c_long,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if r >= 0 {
+            return Ok(Some(r as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        }
+    }
+
+    /// Is a packet queued now (poll(2) without waiting)? Errors and a gone device count
+    /// as readable: the read that follows reports them.
+    pub fn readable_now(&self) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call.
+        let n = cvt(unsafe { libc::poll(&mut pfd, 1, 0) })?;
+        Ok(n > 0 && pfd.revents != 0)
+    }
+
     /// Writes one IP packet.
     pub fn write(&self, pkt: &[u8]) -> io::Result<usize> {
         // SAFETY: the pointer and length describe `pkt`.
