@@ -588,20 +588,24 @@ unsafe fn poly1305_rest(
     finish(h, s)
 }
 
+/// One carry pass through the limbs (the top one wrapping round as ·5): limbs 0 and 2
+/// end in range, limb 1 at most 2^44.
+fn carry(mut h: Limbs) -> Limbs {
+    h[1] += h[0] >> 44;
+    h[0] &= M44;
+    h[2] += h[1] >> 44;
+    h[1] &= M44;
+    h[0] += (h[2] >> 42) * 5;
+    h[2] &= M42;
+    h[1] += h[0] >> 44;
+    h[0] &= M44;
+    h
+}
+
 /// Fully reduces h mod 2^130-5 and returns (h + s) mod 2^128.
 fn finish(h: Limbs, s: u128) -> [u8; 16] {
-    let [mut h0, mut h1, mut h2] = h;
     // Two carry passes leave h0, h2 in range and h1 ≤ 2^44.
-    for _ in 0..2 {
-        h1 += h0 >> 44;
-        h0 &= M44;
-        h2 += h1 >> 44;
-        h1 &= M44;
-        h0 += (h2 >> 42) * 5;
-        h2 &= M42;
-    }
-    h1 += h0 >> 44;
-    h0 &= M44;
+    let [h0, h1, h2] = carry(carry(h));
     // g = h + 5 - 2^130; use it when it does not go negative (h ≥ p).
     let mut g0 = h0 + 5;
     let mut g1 = h1 + (g0 >> 44);
@@ -695,48 +699,36 @@ impl Poly8 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
     unsafe fn finish(self) -> Limbs {
         let acc = mul8(self.acc, &self.lane_r, &self.lane_s);
-        let mut h = [
+        let h = [
             _mm512_reduce_add_epi64(acc[0]) as u64,
             _mm512_reduce_add_epi64(acc[1]) as u64,
             _mm512_reduce_add_epi64(acc[2]) as u64,
         ];
         // Lane sums are below 2^48; carry them back into range for the scalar tail.
-        h[1] += h[0] >> 44;
-        h[0] &= M44;
-        h[2] += h[1] >> 44;
-        h[1] &= M44;
-        h[0] += (h[2] >> 42) * 5;
-        h[2] &= M42;
-        h[1] += h[0] >> 44;
-        h[0] &= M44;
-        h
+        carry(h)
     }
 }
 
-/// a·b + c·d + e·f, low 52-bit halves, accumulated through IFMA's own adder (the
-/// chain is longer than three products and two adds, but the group loop is bound by
-/// instruction count, not by this latency).
+/// a·b + c·d + e·f per lane: the low 52-bit halves of the products, or with `HIGH` the
+/// high halves (bits 52..104), accumulated through IFMA's own adder.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512ifma")]
-unsafe fn lo(a: __m512i, b: __m512i, c: __m512i, d: __m512i, e: __m512i, f: __m512i) -> __m512i {
-    let z = _mm512_setzero_si512();
-    _mm512_madd52lo_epu64(
-        _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, a, b), c, d),
-        e,
-        f,
-    )
-}
-
-/// As `lo`, high halves (bits 52..104 of each product).
-#[inline]
-#[target_feature(enable = "avx512f,avx512vl,avx512ifma")]
-unsafe fn hi(a: __m512i, b: __m512i, c: __m512i, d: __m512i, e: __m512i, f: __m512i) -> __m512i {
-    let z = _mm512_setzero_si512();
-    _mm512_madd52hi_epu64(
-        _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, a, b), c, d),
-        e,
-        f,
-    )
+unsafe fn madd3<const HIGH: bool>(
+    a: __m512i,
+    b: __m512i,
+    c: __m512i,
+    d: __m512i,
+    e: __m512i,
+    f: __m512i,
+) -> __m512i {
+    let madd = |acc, x, y| {
+        if HIGH {
+            _mm512_madd52hi_epu64(acc, x, y)
+        } else {
+            _mm512_madd52lo_epu64(acc, x, y)
+        }
+    };
+    madd(madd(madd(_mm512_setzero_si512(), a, b), c, d), e, f)
 }
 
 /// Eight lane-wise h·r mod 2^130-5 with IFMA. Each 52×52-bit product splits into a
@@ -749,12 +741,12 @@ unsafe fn mul8(h: [__m512i; 3], r: &[__m512i; 3], s: &[__m512i; 2]) -> [__m512i;
     let m42 = _mm512_set1_epi64(M42 as i64);
     let [h0, h1, h2] = h;
     let (s1, s2) = (s[0], s[1]);
-    let d0 = lo(h0, r[0], h1, s2, h2, s1);
-    let hi0 = hi(h0, r[0], h1, s2, h2, s1);
-    let d1 = lo(h0, r[1], h1, r[0], h2, s2);
-    let hi1 = hi(h0, r[1], h1, r[0], h2, s2);
-    let d2 = lo(h0, r[2], h1, r[1], h2, r[0]);
-    let hi2 = hi(h0, r[2], h1, r[1], h2, r[0]);
+    let d0 = madd3::<false>(h0, r[0], h1, s2, h2, s1);
+    let hi0 = madd3::<true>(h0, r[0], h1, s2, h2, s1);
+    let d1 = madd3::<false>(h0, r[1], h1, r[0], h2, s2);
+    let hi1 = madd3::<true>(h0, r[1], h1, r[0], h2, s2);
+    let d2 = madd3::<false>(h0, r[2], h1, r[1], h2, r[0]);
+    let hi2 = madd3::<true>(h0, r[2], h1, r[1], h2, r[0]);
     // Fold the high halves in: ·2^8 into the next limb; limb 2's at 2^140 ≡ 5·2^10.
     let d0 = _mm512_add_epi64(
         d0,
