@@ -271,12 +271,14 @@ pub fn all_tests() -> Vec<Test> {
 }
 
 /// The UDP knee search: offered rates double from the first until loss reaches the
-/// limit (or the last rate), then one step between the last good and the first bad
-/// rate refines the answer. At most `KNEE_MAX_STEPS` iperf3 runs.
+/// limit (or the last rate), then `KNEE_REFINE_STEPS` steps between the last good and
+/// the first bad rate refine the answer (to within ~10 %). At most `KNEE_MAX_STEPS`
+/// iperf3 runs.
 pub const KNEE_START_MBIT: u64 = 250;
 pub const KNEE_LAST_MBIT: u64 = 8000;
 pub const KNEE_LOSS_LIMIT_PERCENT: f64 = 1.0;
-pub const KNEE_MAX_STEPS: usize = 7;
+pub const KNEE_MAX_STEPS: usize = 8;
+pub const KNEE_REFINE_STEPS: usize = 2;
 
 /// The shape of the network a case runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -273,7 +273,7 @@ fn bench(opts: &Options) -> Result<bool, String> {
                 + sc.tests
                     .iter()
                     .map(|t| match t.traffic {
-                        Traffic::UdpKnee => 4.0 * (f64::from(knee_step_s(opts)) + 1.5),
+                        Traffic::UdpKnee => 6.0 * (f64::from(knee_step_s(opts)) + 1.5),
                         _ => f64::from(opts.duration_s) + 1.5,
                     })
                     .sum::<f64>()
@@ -768,14 +768,15 @@ fn measure_knee(
 
 /// The rate sequence of the knee search, as plain state (no I/O): double from
 /// `KNEE_START_MBIT` while loss stays under the limit and the receiver keeps up with
-/// what was offered; once a rate fails (or the last one passes), one step between the
-/// last good and the first bad rate; when even the first rate fails, halve.
+/// what was offered; once a rate fails (or the last one passes), `KNEE_REFINE_STEPS`
+/// steps halfway (on a log scale) between the last good and the first bad rate; when
+/// even the first rate fails, halve.
 struct KneeSearch {
     next: Option<u64>,
     good: Option<u64>,
     bad: Option<u64>,
     steps: usize,
-    refined: bool,
+    refinements: usize,
 }
 
 impl KneeSearch {
@@ -785,7 +786,7 @@ impl KneeSearch {
             good: None,
             bad: None,
             steps: 0,
-            refined: false,
+            refinements: 0,
         }
     }
 
@@ -808,7 +809,7 @@ impl KneeSearch {
             self.bad = Some(self.bad.map_or(rate, |b| b.min(rate)));
         }
         self.next = match (self.good, self.bad) {
-            (_, _) if self.refined || sender_limited => None,
+            (_, _) if self.refinements >= cases::KNEE_REFINE_STEPS || sender_limited => None,
             (Some(g), None) if g * 2 <= cases::KNEE_LAST_MBIT => Some(g * 2),
             (Some(_), None) => None,
             (None, Some(b)) if b / 2 >= 10 => Some(b / 2),
@@ -816,7 +817,7 @@ impl KneeSearch {
             (Some(g), Some(b)) => {
                 // Halfway on a log scale, rounded to 10 Mbit/s.
                 let mid = (((g * b) as f64).sqrt() / 10.0).round() as u64 * 10;
-                self.refined = true;
+                self.refinements += 1;
                 (mid > g && mid < b).then_some(mid)
             }
             (None, None) => None,
@@ -844,12 +845,13 @@ mod tests {
     }
 
     #[test]
-    fn knee_doubles_then_refines_once() {
-        assert_eq!(search(1500.0), [250, 500, 1000, 2000, 1410]);
+    fn knee_doubles_then_refines_twice() {
+        assert_eq!(search(1500.0), [250, 500, 1000, 2000, 1410, 1680]);
+        assert_eq!(search(1300.0), [250, 500, 1000, 2000, 1410, 1190]);
         // Everything passes: stops at the last rate.
         assert_eq!(search(1e9), [250, 500, 1000, 2000, 4000, 8000]);
         // Even the first rate fails: halves down to what passes, then refines.
-        assert_eq!(search(100.0), [250, 125, 62, 90]);
+        assert_eq!(search(100.0), [250, 125, 62, 90, 110]);
     }
 
     #[test]
