@@ -207,6 +207,23 @@ macro_rules! quarter_round {
     };
 }
 
+/// Columns, then diagonals, on vertical sets of sixteen registers (one state word
+/// each). With several sets, each quarter round is issued for all of them before the
+/// next, so their independent chains interleave (measured ~2.5 % faster for two sets
+/// than one set's double round after the other's).
+macro_rules! double_round {
+    ($($x:ident),+) => {
+        $(quarter_round!($x, 0, 4, 8, 12);)+
+        $(quarter_round!($x, 1, 5, 9, 13);)+
+        $(quarter_round!($x, 2, 6, 10, 14);)+
+        $(quarter_round!($x, 3, 7, 11, 15);)+
+        $(quarter_round!($x, 0, 5, 10, 15);)+
+        $(quarter_round!($x, 1, 6, 11, 12);)+
+        $(quarter_round!($x, 2, 7, 8, 13);)+
+        $(quarter_round!($x, 3, 4, 9, 14);)+
+    };
+}
+
 /// The sixteen input registers for blocks `counter..counter+16`: word w of every block
 /// in register w ("vertical" layout), the block counters rising across lanes.
 #[inline]
@@ -274,14 +291,7 @@ unsafe fn chacha20_blocks16(state: &[u32; 16], counter: u32) -> [__m512i; 16] {
     let input = chacha20_input16(state, counter);
     let mut x = input;
     for _ in 0..10 {
-        quarter_round!(x, 0, 4, 8, 12);
-        quarter_round!(x, 1, 5, 9, 13);
-        quarter_round!(x, 2, 6, 10, 14);
-        quarter_round!(x, 3, 7, 11, 15);
-        quarter_round!(x, 0, 5, 10, 15);
-        quarter_round!(x, 1, 6, 11, 12);
-        quarter_round!(x, 2, 7, 8, 13);
-        quarter_round!(x, 3, 4, 9, 14);
+        double_round!(x);
     }
     chacha20_output16(x, &input)
 }
@@ -360,14 +370,7 @@ unsafe fn chacha20_blocks24(state: &[u32; 16], counter: u32) -> ([__m512i; 16], 
     for _ in 0..10 {
         double_round_rows!(pa, pb, pc, pd);
         double_round_rows!(qa, qb, qc, qd);
-        quarter_round!(x, 0, 4, 8, 12);
-        quarter_round!(x, 1, 5, 9, 13);
-        quarter_round!(x, 2, 6, 10, 14);
-        quarter_round!(x, 3, 7, 11, 15);
-        quarter_round!(x, 0, 5, 10, 15);
-        quarter_round!(x, 1, 6, 11, 12);
-        quarter_round!(x, 2, 7, 8, 13);
-        quarter_round!(x, 3, 4, 9, 14);
+        double_round!(x);
     }
     let p = rows4_output([pa, pb, pc, pd], &in_p);
     let q = rows4_output([qa, qb, qc, qd], &in_q);
@@ -387,22 +390,7 @@ unsafe fn chacha20_blocks32(state: &[u32; 16], counter: u32) -> [[__m512i; 16]; 
     let input_y = chacha20_input16(state, counter.wrapping_add(16));
     let (mut x, mut y) = (input_x, input_y);
     for _ in 0..10 {
-        quarter_round!(x, 0, 4, 8, 12);
-        quarter_round!(y, 0, 4, 8, 12);
-        quarter_round!(x, 1, 5, 9, 13);
-        quarter_round!(y, 1, 5, 9, 13);
-        quarter_round!(x, 2, 6, 10, 14);
-        quarter_round!(y, 2, 6, 10, 14);
-        quarter_round!(x, 3, 7, 11, 15);
-        quarter_round!(y, 3, 7, 11, 15);
-        quarter_round!(x, 0, 5, 10, 15);
-        quarter_round!(y, 0, 5, 10, 15);
-        quarter_round!(x, 1, 6, 11, 12);
-        quarter_round!(y, 1, 6, 11, 12);
-        quarter_round!(x, 2, 7, 8, 13);
-        quarter_round!(y, 2, 7, 8, 13);
-        quarter_round!(x, 3, 4, 9, 14);
-        quarter_round!(y, 3, 4, 9, 14);
+        double_round!(x, y);
     }
     [
         chacha20_output16(x, &input_x),
@@ -428,14 +416,7 @@ unsafe fn chacha20_blocks16_absorbing(
         if round < groups {
             poly.absorb(data.add(round * 128));
         }
-        quarter_round!(x, 0, 4, 8, 12);
-        quarter_round!(x, 1, 5, 9, 13);
-        quarter_round!(x, 2, 6, 10, 14);
-        quarter_round!(x, 3, 7, 11, 15);
-        quarter_round!(x, 0, 5, 10, 15);
-        quarter_round!(x, 1, 6, 11, 12);
-        quarter_round!(x, 2, 7, 8, 13);
-        quarter_round!(x, 3, 4, 9, 14);
+        double_round!(x);
     }
     chacha20_output16(x, &input)
 }
