@@ -18,7 +18,7 @@ use ringscale_control::ts2021::http1;
 use ringscale_dataplane::dns::{forward, is_quad100, wire, ResolverConfig, Upstream};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::FromRawFd;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -321,23 +321,12 @@ pub fn peerapi_port(ip: IpAddr, attempt: u8) -> u16 {
 /// A listening TCP socket on `addr` with IP_FREEBIND, so it can bind a tailnet address
 /// that is not (yet) usable, as IPv6 addresses are during duplicate address detection.
 fn listen_freebind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let (family, level, opt) = match addr {
-        SocketAddr::V4(_) => (libc::AF_INET, libc::SOL_IP, libc::IP_FREEBIND),
-        SocketAddr::V6(_) => (libc::AF_INET6, libc::SOL_IPV6, libc::IPV6_FREEBIND),
+    let (level, opt) = match addr {
+        SocketAddr::V4(_) => (libc::SOL_IP, libc::IP_FREEBIND),
+        SocketAddr::V6(_) => (libc::SOL_IPV6, libc::IPV6_FREEBIND),
     };
-    // SAFETY: plain socket(2); the fd is owned by the TcpListener below or closed.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket we own; from here the listener closes it.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let listener = std::net::TcpListener::from(ringscale_dataplane::sys::tcp_socket_for(&addr)?);
+    let fd = listener.as_raw_fd();
     let one: libc::c_int = 1;
     for (lvl, o) in [(level, opt), (libc::SOL_SOCKET, libc::SO_REUSEADDR)] {
         // SAFETY: setsockopt with a c_int value of the right size.

@@ -18,7 +18,7 @@
 use super::forward::check_answer;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -217,24 +217,8 @@ pub fn connect_any(addrs: &[IpAddr], port: u16, deadline: Instant) -> io::Result
 /// `addr` is on the tailnet (the mark must be on before the SYN, hence no
 /// `TcpStream::connect_timeout`).
 pub(super) fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2); the fd is owned by the TcpStream right after.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nobody else owns; the stream closes it.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let stream = TcpStream::from(crate::sys::tcp_socket_for(&addr)?);
+    let fd = stream.as_raw_fd();
     if !is_tailnet_addr(addr.ip()) {
         mark(&stream);
     }

@@ -6,6 +6,28 @@ pub mod tun;
 pub mod udp;
 
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// A fresh non-blocking, close-on-exec TCP socket of `addr`'s family, for callers that
+/// must set options (a mark, FREEBIND) before connect(2) or bind(2).
+pub fn tcp_socket_for(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2).
+    let fd = cvt(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
 /// Turns a libc return value into an io::Result, reading errno on -1.
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
