@@ -13,9 +13,17 @@
 //! Both operations work out of place (input and output are different buffers), which
 //! saves the copy boringtun made before encrypting in place and lets an implementation
 //! read and write in one pass.
+//!
+//! [`TransportKey::seal_batch`] and [`TransportKey::open_batch`] take many packets under
+//! one key (the segments of one TSO super-packet, the datagrams of one GRO receive):
+//! the AVX-512 code then runs eight or sixteen packets side by side, one packet per
+//! vector lane (1280-byte packets: ~300 → ~207 ns each way per packet; 64-byte packets
+//! ~185 → ~25 ns, measured here). Same bytes as one call per packet, which is what ring
+//! does.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use std::fmt;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
@@ -163,6 +171,204 @@ impl TransportKey {
             .open_in_place_separate_tag(nonce(counter), Aad::empty(), tag, plaintext, 0..)
             .map_err(|_| BadTag)?;
         Ok(plaintext_len)
+    }
+}
+
+/// One packet of [`TransportKey::seal_batch`]: `src[plaintext]` is sealed into
+/// `dst[out_start..out_start + plaintext.len() + TAG_LEN]` (ciphertext, then tag).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealJob {
+    pub counter: u64,
+    pub plaintext: Range<usize>,
+    pub out_start: usize,
+}
+
+/// One packet of [`TransportKey::open_batch`]: `src[sealed]` (ciphertext || tag) is
+/// checked and decrypted into `dst[out_start..out_start + sealed.len() - TAG_LEN]`;
+/// `opened` receives what [`TransportKey::open`] would have returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenJob {
+    pub counter: u64,
+    pub sealed: Range<usize>,
+    pub out_start: usize,
+    pub opened: Result<usize, BadTag>,
+}
+
+impl TransportKey {
+    /// Seals several packets under this key at once: the same result as one
+    /// [`TransportKey::seal`] per job, but an implementation may work on several
+    /// packets together (the segments of one TSO super-packet). Outputs must not
+    /// overlap one another. Panics if a range lies outside its buffer (caller bug).
+    pub fn seal_batch(&self, src: &[u8], dst: &mut [u8], jobs: &[SealJob]) {
+        #[cfg(target_arch = "x86_64")]
+        let jobs = if self.implementation == Implementation::Avx512 {
+            self.seal_avx512(src, dst, jobs)
+        } else {
+            jobs
+        };
+        self.seal_batch_one_by_one(src, dst, jobs);
+    }
+
+    fn seal_batch_one_by_one(&self, src: &[u8], dst: &mut [u8], jobs: &[SealJob]) {
+        for job in jobs {
+            let out_end = job.out_start + job.plaintext.len() + TAG_LEN;
+            self.seal(
+                job.counter,
+                &src[job.plaintext.clone()],
+                &mut dst[job.out_start..out_end],
+            );
+        }
+    }
+
+    /// Opens several packets under this key at once, setting each job's `opened`: the
+    /// same result as one [`TransportKey::open`] per job. Outputs must not overlap one
+    /// another. Panics if a range lies outside its buffer (caller bug); a sealed range
+    /// shorter than a tag is `Err(BadTag)`, as with `open`.
+    pub fn open_batch(&self, src: &[u8], dst: &mut [u8], jobs: &mut [OpenJob]) {
+        #[cfg(target_arch = "x86_64")]
+        let jobs = if self.implementation == Implementation::Avx512 {
+            self.open_avx512(src, dst, jobs)
+        } else {
+            jobs
+        };
+        self.open_batch_one_by_one(src, dst, jobs);
+    }
+
+    fn open_batch_one_by_one(&self, src: &[u8], dst: &mut [u8], jobs: &mut [OpenJob]) {
+        for job in jobs {
+            let out_len = job.sealed.len().saturating_sub(TAG_LEN);
+            job.opened = self.open(
+                job.counter,
+                &src[job.sealed.clone()],
+                &mut dst[job.out_start..job.out_start + out_len],
+            );
+        }
+    }
+}
+
+/// The AVX-512 batch path: runs of jobs of one length go through
+/// `x86_64_avx512::{seal_octets, open_octets}` sixteen at a time (two octets, whose
+/// Poly1305 chains interleave), then eight; the rest is returned for one by one.
+#[cfg(target_arch = "x86_64")]
+impl TransportKey {
+    fn seal_avx512<'j>(&self, src: &[u8], dst: &mut [u8], jobs: &'j [SealJob]) -> &'j [SealJob] {
+        const LANES: usize = x86_64_avx512::LANES;
+        let mut rest = jobs;
+        while rest.len() >= LANES {
+            let len = rest[0].plaintext.len();
+            let same = rest.iter().take_while(|j| j.plaintext.len() == len).count();
+            let take = if same >= 2 * LANES {
+                self.seal_octets::<2>(src, dst, &rest[..2 * LANES]);
+                2 * LANES
+            } else if same >= LANES {
+                self.seal_octets::<1>(src, dst, &rest[..LANES]);
+                LANES
+            } else {
+                self.seal_batch_one_by_one(src, dst, &rest[..same]);
+                same
+            };
+            rest = &rest[take..];
+        }
+        rest
+    }
+
+    /// `jobs`: `C` octets, all of one plaintext length.
+    fn seal_octets<const C: usize>(&self, src: &[u8], dst: &mut [u8], jobs: &[SealJob]) {
+        const LANES: usize = x86_64_avx512::LANES;
+        let len = jobs[0].plaintext.len();
+        let job = |c: usize, p: usize| &jobs[c * LANES + p];
+        let from: [[*const u8; LANES]; C] = std::array::from_fn(|c| {
+            std::array::from_fn(|p| {
+                let j = job(c, p);
+                assert_eq!(j.plaintext.len(), len);
+                src[j.plaintext.clone()].as_ptr()
+            })
+        });
+        let dst_len = dst.len();
+        let base = dst.as_mut_ptr();
+        let to: [[*mut u8; LANES]; C] = std::array::from_fn(|c| {
+            std::array::from_fn(|p| {
+                let start = job(c, p).out_start;
+                let end = start.checked_add(len + TAG_LEN);
+                assert!(
+                    end.is_some_and(|e| e <= dst_len),
+                    "seal_batch: output out of bounds"
+                );
+                // SAFETY: in bounds of dst, just checked.
+                unsafe { base.add(start) }
+            })
+        });
+        let counters = std::array::from_fn(|c| std::array::from_fn(|p| job(c, p).counter));
+        // SAFETY: the CPU has the features (Avx512 is chosen only then); every range was
+        // checked against its buffer; src and dst are distinct borrows.
+        unsafe { x86_64_avx512::seal_octets::<C>(&self.raw, &counters, len, &from, &to) };
+    }
+
+    fn open_avx512<'j>(
+        &self,
+        src: &[u8],
+        dst: &mut [u8],
+        jobs: &'j mut [OpenJob],
+    ) -> &'j mut [OpenJob] {
+        const LANES: usize = x86_64_avx512::LANES;
+        let mut rest = jobs;
+        while rest.len() >= LANES {
+            let sealed_len = rest[0].sealed.len();
+            let same = rest
+                .iter()
+                .take_while(|j| j.sealed.len() == sealed_len)
+                .count();
+            let (now, after) =
+                std::mem::take(&mut rest).split_at_mut(if same < LANES || sealed_len < TAG_LEN {
+                    same
+                } else if same >= 2 * LANES {
+                    2 * LANES
+                } else {
+                    LANES
+                });
+            match now.len() {
+                n if n == 2 * LANES => self.open_octets::<2>(src, dst, now),
+                LANES if sealed_len >= TAG_LEN => self.open_octets::<1>(src, dst, now),
+                _ => self.open_batch_one_by_one(src, dst, now),
+            }
+            rest = after;
+        }
+        rest
+    }
+
+    /// `jobs`: `C` octets, all of one sealed length (at least a tag).
+    fn open_octets<const C: usize>(&self, src: &[u8], dst: &mut [u8], jobs: &mut [OpenJob]) {
+        const LANES: usize = x86_64_avx512::LANES;
+        let len = jobs[0].sealed.len() - TAG_LEN;
+        let from: [[*const u8; LANES]; C] = std::array::from_fn(|c| {
+            std::array::from_fn(|p| {
+                let j = &jobs[c * LANES + p];
+                assert_eq!(j.sealed.len(), len + TAG_LEN);
+                src[j.sealed.clone()].as_ptr()
+            })
+        });
+        let dst_len = dst.len();
+        let base = dst.as_mut_ptr();
+        let to: [[*mut u8; LANES]; C] = std::array::from_fn(|c| {
+            std::array::from_fn(|p| {
+                let start = jobs[c * LANES + p].out_start;
+                let end = start.checked_add(len);
+                assert!(
+                    end.is_some_and(|e| e <= dst_len),
+                    "open_batch: output out of bounds"
+                );
+                // SAFETY: in bounds of dst, just checked.
+                unsafe { base.add(start) }
+            })
+        });
+        let counters =
+            std::array::from_fn(|c| std::array::from_fn(|p| jobs[c * LANES + p].counter));
+        let mut ok = [[false; LANES]; C];
+        // SAFETY: as in seal_octets.
+        unsafe { x86_64_avx512::open_octets::<C>(&self.raw, &counters, len, &from, &to, &mut ok) };
+        for (job, ok) in jobs.iter_mut().zip(ok.iter().flatten()) {
+            job.opened = if *ok { Ok(len) } else { Err(BadTag) };
+        }
     }
 }
 
@@ -389,6 +595,121 @@ mod tests {
             assert!(out[TAG_LEN..].iter().all(|&b| b == 0));
             assert_eq!(key.open(5, &out[..TAG_LEN], &mut []), Ok(0));
             assert_eq!(key.open(6, &out[..TAG_LEN], &mut []), Err(BadTag));
+        }
+    }
+
+    /// Jobs for `lengths`, plaintexts back to back in one buffer and outputs spread
+    /// over another (with gaps, as boringtun's headers leave), random counters.
+    fn batch_jobs(rng: &mut TestRng, lengths: &[usize]) -> (Vec<u8>, Vec<SealJob>, usize) {
+        let src = rng.bytes(lengths.iter().sum());
+        let (mut at, mut out_at) = (0, 16);
+        let jobs = lengths
+            .iter()
+            .map(|&len| {
+                let job = SealJob {
+                    counter: rng.next_u64(),
+                    plaintext: at..at + len,
+                    out_start: out_at,
+                };
+                at += len;
+                out_at += len + TAG_LEN + 16;
+                job
+            })
+            .collect();
+        (src, jobs, out_at)
+    }
+
+    /// Batches of every shape the worker makes (runs of one length with a shorter last
+    /// packet, lengths changing mid-octet, fewer than eight) and every length up to
+    /// past two ChaCha20 sets give byte for byte what one seal per packet gives, and
+    /// open back, in every implementation.
+    #[test]
+    fn batches_match_one_packet_at_a_time() {
+        let mut shapes: Vec<Vec<usize>> = (0..=300).map(|len| vec![len; 8]).collect();
+        shapes.extend([1024, 1279, 1280, 1281, 1420, 1472, 2100].map(|len| vec![len; 8]));
+        shapes.push([vec![1280; 50], vec![700]].concat());
+        shapes.push([vec![1280; 5], vec![60; 9], vec![1280; 16], vec![0; 3]].concat());
+        shapes.push(vec![52, 1280, 1280, 1280, 1280, 1280, 1280, 1280, 1280, 52]);
+        shapes.push(vec![1280; 7]);
+        for imp in implementations() {
+            let mut rng = TestRng(6);
+            for lengths in &shapes {
+                let key = TransportKey::with_implementation(&rng.key(), imp);
+                let (src, jobs, out_len) = batch_jobs(&mut rng, lengths);
+                let mut sealed = vec![0x77u8; out_len];
+                key.seal_batch(&src, &mut sealed, &jobs);
+
+                let mut expected = vec![0x77u8; out_len];
+                for j in &jobs {
+                    let end = j.out_start + j.plaintext.len() + TAG_LEN;
+                    key.seal(
+                        j.counter,
+                        &src[j.plaintext.clone()],
+                        &mut expected[j.out_start..end],
+                    );
+                }
+                assert_eq!(sealed, expected, "{imp} lengths {lengths:?}");
+
+                let mut opens: Vec<OpenJob> = jobs
+                    .iter()
+                    .map(|j| OpenJob {
+                        counter: j.counter,
+                        sealed: j.out_start..j.out_start + j.plaintext.len() + TAG_LEN,
+                        out_start: j.plaintext.start,
+                        opened: Err(BadTag),
+                    })
+                    .collect();
+                let mut opened = vec![0u8; src.len()];
+                key.open_batch(&sealed, &mut opened, &mut opens);
+                assert_eq!(opened, src, "{imp} lengths {lengths:?}");
+                for (o, j) in opens.iter().zip(&jobs) {
+                    assert_eq!(o.opened, Ok(j.plaintext.len()), "{imp} lengths {lengths:?}");
+                }
+            }
+        }
+    }
+
+    /// In a batch, a forged packet (one bit flipped anywhere: ciphertext or tag, or the
+    /// wrong counter) fails alone; the packets around it open.
+    #[test]
+    fn a_forged_packet_in_a_batch_fails_alone() {
+        for imp in implementations() {
+            let mut rng = TestRng(7);
+            for len in [0, 17, 64, 200, 1280] {
+                let key = TransportKey::with_implementation(&rng.key(), imp);
+                let (src, jobs, out_len) = batch_jobs(&mut rng, &[len; 16]);
+                let mut sealed = vec![0u8; out_len];
+                key.seal_batch(&src, &mut sealed, &jobs);
+                for bit in (0..(len + TAG_LEN) * 8).step_by(13) {
+                    let victim = bit % 16;
+                    let mut forged = sealed.clone();
+                    forged[jobs[victim].out_start + bit / 8] ^= 1 << (bit % 8);
+                    let mut opens: Vec<OpenJob> = jobs
+                        .iter()
+                        .map(|j| OpenJob {
+                            counter: j.counter,
+                            sealed: j.out_start..j.out_start + len + TAG_LEN,
+                            out_start: j.plaintext.start,
+                            opened: Ok(0),
+                        })
+                        .collect();
+                    if bit % 5 == 0 {
+                        // Or the right bytes under another counter.
+                        forged = sealed.clone();
+                        opens[victim].counter ^= 1;
+                    }
+                    let mut out = vec![0u8; src.len()];
+                    key.open_batch(&forged, &mut out, &mut opens);
+                    for (i, o) in opens.iter().enumerate() {
+                        let want = if i == victim { Err(BadTag) } else { Ok(len) };
+                        assert_eq!(o.opened, want, "{imp} len {len} bit {bit} packet {i}");
+                        if i != victim {
+                            let r = jobs[i].plaintext.clone();
+                            assert_eq!(out[r.clone()], src[r], "{imp} len {len} packet {i}");
+                        }
+                    }
+                }
+            }
         }
     }
 

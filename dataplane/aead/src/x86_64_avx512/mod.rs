@@ -760,6 +760,10 @@ unsafe fn times20(x: __m512i) -> __m512i {
     _mm512_add_epi64(_mm512_slli_epi64::<4>(x), _mm512_slli_epi64::<2>(x))
 }
 
+// After the macros above, which it uses.
+mod batch;
+pub use batch::{open_octets, seal_octets, LANES};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,7 +771,7 @@ mod tests {
 
     /// Poly1305 of the AEAD layout by RustCrypto's implementation (radix 2^26, no code
     /// shared with this module).
-    fn reference_tag(key: &[u8; 32], ct: &[u8]) -> [u8; 16] {
+    pub(super) fn reference_tag(key: &[u8; 32], ct: &[u8]) -> [u8; 16] {
         let mut msg = ct.to_vec();
         msg.resize(ct.len().div_ceil(16) * 16, 0);
         msg.extend_from_slice(&0u64.to_le_bytes());
