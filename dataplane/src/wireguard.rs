@@ -9,10 +9,11 @@ use crate::Key;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::{Encapsulation, Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ip_network::IpNetwork;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
+use ringscale_aead::{BadTag, OpenJob, TransportKey, TAG_LEN};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -26,6 +27,69 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// a whole handshake message).
 pub const WG_OVERHEAD: usize = 32;
 pub const MIN_OUT_BUF: usize = 148;
+/// A data message's header: type, receiver index, counter; the ciphertext follows.
+pub const DATA_HEADER: usize = 16;
+
+/// The keys of a batch of packets sealed or opened together, referred to by index:
+/// usually one, as the segments of a super-packet all go to one peer and a GRO receive
+/// comes from one. Holding them here keeps a key alive across a rekey until its
+/// packets are done.
+#[derive(Default)]
+pub struct BatchKeys {
+    keys: Vec<Arc<TransportKey>>,
+}
+
+impl BatchKeys {
+    /// The index of `key`, added if new (the comparison is by identity, one pointer
+    /// compare per packet in the common case).
+    fn index_of(&mut self, key: &Arc<TransportKey>) -> usize {
+        match self.keys.iter().rposition(|k| Arc::ptr_eq(k, key)) {
+            Some(i) => i,
+            None => {
+                self.keys.push(Arc::clone(key));
+                self.keys.len() - 1
+            }
+        }
+    }
+
+    pub fn get(&self, index: usize) -> &TransportKey {
+        &self.keys[index]
+    }
+
+    /// Forgets the keys (after every packet that used them was sealed).
+    pub fn clear(&mut self) {
+        self.keys.clear();
+    }
+}
+
+/// Reusable state of [`PeerTable::decapsulate_batch`] (one per worker): the data
+/// packets of a receive waiting to be opened together.
+#[derive(Default)]
+pub struct OpenBatch {
+    jobs: Vec<OpenJob>,
+    /// Per job: its receiver index and its key's index in `keys`.
+    meta: Vec<(u32, usize)>,
+    keys: BatchKeys,
+}
+
+impl OpenBatch {
+    pub fn with_capacity(packets: usize) -> OpenBatch {
+        OpenBatch {
+            jobs: Vec::with_capacity(packets),
+            meta: Vec::with_capacity(packets),
+            keys: BatchKeys::default(),
+        }
+    }
+}
+
+/// A packet [`PeerTable::encapsulate_deferred`] left to seal: with key `key` (an index
+/// into [`BatchKeys`]) under `counter`, then to be sent to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeferredSeal {
+    pub to: SocketAddr,
+    pub counter: u64,
+    pub key: usize,
+}
 
 /// Something the I/O layer must do.
 #[derive(Debug)]
@@ -475,32 +539,90 @@ impl PeerTable {
         out: &mut [u8],
         emit: &mut impl FnMut(Emit<'_>),
     ) {
-        let dst = Tunn::dst_address(pkt);
-        let Some(dst) = dst else {
-            Drops::bump(&self.drops.no_route);
+        let Some(peer) = self.outbound_peer(memo, pkt) else {
             return;
+        };
+        let endpoint = peer.endpoint();
+        peer.note_send(self.now_ms());
+        let result = peer.tunn.lock().encapsulate(pkt, out);
+        self.send_encapsulated(peer, endpoint, result, emit);
+    }
+
+    /// As [`PeerTable::encapsulate_with`], but a packet for a peer with a session is not
+    /// sealed: its 16-byte header is written at the start of `out` and the caller seals
+    /// it, with the key added to `keys` and the returned counter, into
+    /// `out[16..16 + pkt.len() + 16]` before sending it to the returned endpoint. Sealing
+    /// many packets under one key at once is much faster ([`TransportKey::seal_batch`]).
+    /// Everything else (handshakes, drops, packets relayed over DERP, which leave
+    /// at once) is done here as `encapsulate_with` does, and returns None.
+    pub fn encapsulate_deferred<'t>(
+        &'t self,
+        memo: &mut LookupMemo<'t>,
+        pkt: &[u8],
+        out: &mut [u8],
+        keys: &mut BatchKeys,
+        emit: &mut impl FnMut(Emit<'_>),
+    ) -> Option<DeferredSeal> {
+        let peer = self.outbound_peer(memo, pkt)?;
+        let endpoint = peer.endpoint();
+        peer.note_send(self.now_ms());
+        let Some(to) = endpoint.filter(|ep| crate::disco::derp_region_of(*ep).is_none()) else {
+            // The DERP hook takes the datagram now: seal it now.
+            let result = peer.tunn.lock().encapsulate(pkt, out);
+            self.send_encapsulated(peer, endpoint, result, emit);
+            return None;
+        };
+        let mut tunn = peer.tunn.lock();
+        match tunn.encapsulate_header(pkt, out) {
+            Encapsulation::Seal { key, counter } => Some(DeferredSeal {
+                to,
+                counter,
+                key: keys.index_of(key),
+            }),
+            Encapsulation::Other(result) => {
+                self.send_encapsulated(peer, endpoint, result, emit);
+                None
+            }
+        }
+    }
+
+    /// The peer a packet from the TUN goes to, or None when it is dropped (counted) or
+    /// taken by a local service.
+    fn outbound_peer<'t>(&'t self, memo: &mut LookupMemo<'t>, pkt: &[u8]) -> Option<&'t Arc<Peer>> {
+        let Some(dst) = Tunn::dst_address(pkt) else {
+            Drops::bump(&self.drops.no_route);
+            return None;
         };
         // A destination that was routed to a peer a packet ago is not a local service's.
         let known = matches!(memo.last, Some((a, Some(_))) if a == dst);
         if let (false, Some(svc)) = (known, self.shared.local.get()) {
             if svc.serves(dst) {
                 svc.deliver(pkt);
-                return;
+                return None;
             }
         }
         let Some(peer) = memo.lookup(&self.by_ip, dst) else {
             Drops::bump(&self.drops.no_route);
-            return;
+            return None;
         };
         if let Some(f) = &self.filter {
             if f.outbound(pkt) != Verdict::Accept {
                 Drops::bump(&self.drops.filtered);
-                return;
+                return None;
             }
         }
-        let endpoint = peer.endpoint();
-        peer.note_send(self.now_ms());
-        match peer.tunn.lock().encapsulate(pkt, out) {
+        Some(peer)
+    }
+
+    /// Carries out what boringtun's `encapsulate` returned for `peer`.
+    fn send_encapsulated<'a>(
+        &self,
+        peer: &Peer,
+        endpoint: Option<SocketAddr>,
+        result: TunnResult<'a>,
+        emit: &mut impl FnMut(Emit<'a>),
+    ) {
+        match result {
             TunnResult::WriteToNetwork(wire) => match endpoint {
                 Some(ep) => self.send_to(Some(peer), ep, wire, emit),
                 None => Drops::bump(&self.drops.no_endpoint),
@@ -593,38 +715,183 @@ impl PeerTable {
                     self.send_to(Some(peer), to, wire, emit);
                 }
             }
-            TunnResult::WriteToTunnelV4(pkt, src) => {
-                if !self.source_allowed(memo, peer, IpAddr::V4(src)) {
+            result => {
+                if !self.deliver(memo, peer, from, result, emit) {
                     return;
                 }
-                if self.admit(pkt) {
-                    emit(Emit::Tun(pkt));
+            }
+        }
+        drop(tunn);
+        self.roam(peer, from);
+    }
+
+    /// [`PeerTable::decapsulate_with`] for every datagram of one receive from `from`
+    /// (`data`: one datagram, or with `segment` > 0 a GRO batch of `segment`-byte
+    /// datagrams), decrypting into `out` back to back. Data packets of established
+    /// sessions are opened together ([`TransportKey::open_batch`]: eight or sixteen
+    /// side by side), then finished one by one in order, exactly as one call each
+    /// would; any other datagram first finishes those before it, keeping the order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decapsulate_batch<'t>(
+        &'t self,
+        memo: &mut LookupMemo<'t>,
+        from: SocketAddr,
+        data: &[u8],
+        segment: usize,
+        out: &mut [u8],
+        batch: &mut OpenBatch,
+        emit: &mut impl FnMut(Emit<'_>),
+    ) {
+        let seg = if segment == 0 {
+            data.len().max(1)
+        } else {
+            segment
+        };
+        let base = out.as_ptr() as usize;
+        let mut used = 0;
+        for (i, dgram) in data.chunks(seg).enumerate() {
+            if out.len() - used < dgram.len() + MIN_OUT_BUF {
+                log::debug!("receive batch larger than the decryption buffer");
+                break;
+            }
+            let at = i * seg;
+            match self.open_job(dgram, batch) {
+                Some(Ok((counter, receiver_idx, key))) => {
+                    batch.jobs.push(OpenJob {
+                        counter,
+                        sealed: at + DATA_HEADER..at + dgram.len(),
+                        out_start: used,
+                        opened: Err(BadTag),
+                    });
+                    batch.meta.push((receiver_idx, key));
+                    used += dgram.len() - WG_OVERHEAD;
+                }
+                Some(Err(e)) => {
+                    if !matches!(e, WireGuardError::DuplicateCounter) {
+                        log::debug!("decapsulate from {from}: {e:?}");
+                    }
+                    Drops::bump(&self.drops.rejected);
+                }
+                None => {
+                    self.finish_opens(memo, from, data, out, batch, emit);
+                    let mut end = used;
+                    self.decapsulate_with(memo, from, dgram, &mut out[used..], &mut |e| {
+                        if let Emit::Tun(pkt) = &e {
+                            end = end.max(pkt.as_ptr() as usize - base + pkt.len());
+                        }
+                        emit(e)
+                    });
+                    used = end;
                 }
             }
-            TunnResult::WriteToTunnelV6(pkt, src) => {
-                if !self.source_allowed(memo, peer, IpAddr::V6(src)) {
-                    return;
-                }
-                if self.admit(pkt) {
-                    emit(Emit::Tun(pkt));
-                }
+        }
+        self.finish_opens(memo, from, data, out, batch, emit);
+    }
+
+    /// For a data packet of an established session that passes the checks made before
+    /// decrypting: its counter, receiver index and key (an index into `batch.keys`);
+    /// Some(Err) when those checks refuse it; None for anything else (handshakes, disco,
+    /// junk, a peer never used), which [`PeerTable::decapsulate_with`] handles.
+    fn open_job(
+        &self,
+        dgram: &[u8],
+        batch: &mut OpenBatch,
+    ) -> Option<Result<(u64, u32, usize), WireGuardError>> {
+        if is_off_path_datagram(dgram) {
+            return None;
+        }
+        let Ok(Packet::PacketData(packet)) = Tunn::parse_incoming_packet(dgram) else {
+            return None;
+        };
+        let peer = self.by_index.get(&(packet.receiver_idx >> 8))?;
+        let tunn = peer.tunn.lock_made()?;
+        Some(
+            tunn.data_key(&packet)
+                .map(|(key, counter)| (counter, packet.receiver_idx, batch.keys.index_of(key))),
+        )
+    }
+
+    /// Opens the pending data packets of `batch` (their ciphertext in `data`, plaintext
+    /// into `out`) and finishes each in order: replay window, timers, source check,
+    /// filter, TUN, roaming.
+    fn finish_opens<'t>(
+        &'t self,
+        memo: &mut LookupMemo<'t>,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+        batch: &mut OpenBatch,
+        emit: &mut impl FnMut(Emit<'_>),
+    ) {
+        let mut i = 0;
+        while i < batch.jobs.len() {
+            let key = batch.meta[i].1;
+            let n = batch.meta[i..].iter().take_while(|m| m.1 == key).count();
+            batch
+                .keys
+                .get(key)
+                .open_batch(data, out, &mut batch.jobs[i..i + n]);
+            i += n;
+        }
+        for (job, &(receiver_idx, _)) in batch.jobs.iter().zip(&batch.meta) {
+            let Some(peer) = self.by_index.get(&(receiver_idx >> 8)) else {
+                continue;
+            };
+            let Some(mut tunn) = peer.tunn.lock_made() else {
+                Drops::bump(&self.drops.invalid);
+                continue;
+            };
+            let plaintext = &mut out[job.out_start..job.out_start + job.sealed.len() - TAG_LEN];
+            let result = tunn.finish_data(receiver_idx, job.counter, job.opened.is_ok(), plaintext);
+            if self.deliver(memo, peer, from, result, emit) {
+                drop(tunn);
+                self.roam(peer, from);
             }
-            TunnResult::Done => {}
+        }
+        batch.jobs.clear();
+        batch.meta.clear();
+        batch.keys.clear();
+    }
+
+    /// What follows boringtun's decryption of a data packet from `peer`: the source
+    /// check, the filter and the TUN. False when the packet was refused in a way that
+    /// must not move the peer's endpoint (bad source, failed decryption).
+    fn deliver<'t>(
+        &'t self,
+        memo: &mut LookupMemo<'t>,
+        peer: &Arc<Peer>,
+        from: SocketAddr,
+        result: TunnResult<'_>,
+        emit: &mut impl FnMut(Emit<'_>),
+    ) -> bool {
+        let (pkt, src) = match result {
+            TunnResult::WriteToTunnelV4(pkt, src) => (pkt, IpAddr::V4(src)),
+            TunnResult::WriteToTunnelV6(pkt, src) => (pkt, IpAddr::V6(src)),
             TunnResult::Err(e) => {
                 if !matches!(e, WireGuardError::DuplicateCounter) {
                     log::debug!("decapsulate from {from}: {e:?}");
                 }
                 Drops::bump(&self.drops.rejected);
-                return;
+                return false;
             }
+            TunnResult::Done | TunnResult::WriteToNetwork(_) => return true,
+        };
+        if !self.source_allowed(memo, peer, src) {
+            return false;
         }
-        drop(tunn);
+        if self.admit(pkt) {
+            emit(Emit::Tun(pkt));
+        }
+        true
+    }
+
+    /// Roaming: an authenticated packet from `peer` tells us where it is now, unless
+    /// disco owns its path (an incoming packet proves only that the peer can reach us,
+    /// not that we can reach it there: protocol.md §7.5).
+    fn roam(&self, peer: &Peer, from: SocketAddr) {
         if peer.pinned.load(Ordering::Relaxed) {
-            // Disco owns this peer's path; an incoming packet proves only that the peer
-            // can reach us, not that we can reach it there (protocol.md §7.5).
             return;
         }
-        // Roaming: an authenticated packet tells us where the peer is now.
         let mut ep = peer.endpoint.lock();
         if *ep != Some(from) {
             log::debug!("peer {:?} endpoint now {from}", peer.key);

@@ -20,10 +20,14 @@
 //!   (read without waiting), all sent together;
 //! * the `io_uring` backend lives in `uring.rs` and calls the same core.
 
+use crate::offload::OffloadError;
 use crate::offload::{Coalescer, Segmenter, VNET_HDR_LEN};
 use crate::sys::{tun::Tun, udp};
-use crate::wireguard::{Emit, LookupMemo, PeerTable, MIN_OUT_BUF, WG_OVERHEAD};
+use crate::wireguard::{
+    BatchKeys, Emit, LookupMemo, OpenBatch, PeerTable, DATA_HEADER, MIN_OUT_BUF, WG_OVERHEAD,
+};
 use parking_lot::Mutex;
+use ringscale_aead::SealJob;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -169,13 +173,10 @@ pub trait Transmit {
 /// Per-worker state of the TUN → network direction: split what one TUN read holds
 /// into packets, encrypt each for its peer, and group the results into GSO runs.
 pub struct Encryptor {
-    /// One segment of a super-packet, before encryption.
-    scratch: Box<[u8]>,
     batch: Batch,
 }
 
 /// The run being built, as positions in the transmitter's buffer.
-#[derive(Default)]
 struct Batch {
     start: usize,
     end: usize,
@@ -184,6 +185,54 @@ struct Batch {
     to: Option<SocketAddr>,
     /// The last datagram was shorter: UDP GSO allows nothing after it.
     closed: bool,
+    sealer: Sealer,
+}
+
+/// Datagrams of the open run whose headers are written but which are not sealed yet:
+/// the segments of super-packets, sealed together just before the run is sent
+/// ([`TransportKey::seal_batch`] runs eight or sixteen packets of one key side by side,
+/// ~30 % less cipher time per 1280-byte packet than one at a time).
+struct Sealer {
+    /// The segments' plaintext, back to back (the segmenter writes them here).
+    plain: Box<[u8]>,
+    plain_end: usize,
+    jobs: Vec<SealJob>,
+    /// Per job, its key's index in `keys`.
+    job_keys: Vec<usize>,
+    keys: BatchKeys,
+}
+
+impl Sealer {
+    /// `plain_len`: room for the pending plaintext. A run holds at most
+    /// [`GSO_MAX_BYTES`] on the wire, so [`MAX_PACKET`] is never short: its pending
+    /// segments are sealed when the run is sent. (Should it be, what is pending is
+    /// sealed early: harmless.)
+    fn new(plain_len: usize) -> Sealer {
+        Sealer {
+            plain: vec![0; plain_len].into_boxed_slice(),
+            plain_end: 0,
+            jobs: Vec::with_capacity(2 * GSO_MAX_SEGMENTS),
+            job_keys: Vec::with_capacity(2 * GSO_MAX_SEGMENTS),
+            keys: BatchKeys::default(),
+        }
+    }
+
+    /// Seals every pending datagram into `dst` (the transmit buffer), by runs of one key.
+    fn seal(&mut self, dst: &mut [u8]) {
+        let mut i = 0;
+        while i < self.jobs.len() {
+            let key = self.job_keys[i];
+            let n = self.job_keys[i..].iter().take_while(|&&k| k == key).count();
+            self.keys
+                .get(key)
+                .seal_batch(&self.plain, dst, &self.jobs[i..i + n]);
+            i += n;
+        }
+        self.jobs.clear();
+        self.job_keys.clear();
+        self.keys.clear();
+        self.plain_end = 0;
+    }
 }
 
 impl Default for Encryptor {
@@ -194,9 +243,20 @@ impl Default for Encryptor {
 
 impl Encryptor {
     pub fn new() -> Encryptor {
+        Self::with_plain_buffer(MAX_PACKET)
+    }
+
+    fn with_plain_buffer(plain_len: usize) -> Encryptor {
         Encryptor {
-            scratch: vec![0; MAX_PACKET].into_boxed_slice(),
-            batch: Batch::default(),
+            batch: Batch {
+                start: 0,
+                end: 0,
+                segment: 0,
+                count: 0,
+                to: None,
+                closed: false,
+                sealer: Sealer::new(plain_len),
+            },
         }
     }
 
@@ -226,7 +286,7 @@ impl Encryptor {
     ) {
         // Writing from the buffer's start again is only possible with no run open.
         if self.batch.count == 0 && tx.rewind() {
-            self.batch = Batch::default();
+            self.batch.restart();
         }
         let mut memo = LookupMemo::default();
         if tun_tso {
@@ -238,14 +298,9 @@ impl Encryptor {
                 }
             };
             for i in 0..seg.segment_count() {
-                match seg.write_segment(i, &mut self.scratch) {
-                    Ok(len) => self
-                        .batch
-                        .encrypt(table, &mut memo, &self.scratch[..len], tx),
-                    Err(e) => {
-                        log::debug!("segmenting: {e}");
-                        break;
-                    }
+                if let Err(e) = self.batch.encrypt_segment(table, &mut memo, &seg, i, tx) {
+                    log::debug!("segmenting: {e}");
+                    break;
                 }
             }
         } else {
@@ -260,6 +315,35 @@ impl Encryptor {
 }
 
 impl Batch {
+    /// Starts over at the buffer's start (nothing pending).
+    fn restart(&mut self) {
+        debug_assert!(self.sealer.jobs.is_empty());
+        self.start = 0;
+        self.end = 0;
+        self.count = 0;
+        self.closed = false;
+        self.to = None;
+    }
+
+    /// Makes room for a packet of `len` bytes behind the open run (sending it and
+    /// switching buffers if need be); false when there is none (drop the packet).
+    fn make_room(&mut self, len: usize, tx: &mut impl Transmit) -> bool {
+        // boringtun needs the packet plus its overhead, and a whole handshake message,
+        // at the tail.
+        let need = len + WG_OVERHEAD + MIN_OUT_BUF;
+        if tx.buffer().len().saturating_sub(self.end) < need {
+            self.flush(tx);
+            if !tx.next_buffer() {
+                log::debug!("no transmit buffer free: dropping a packet");
+                return false;
+            }
+            self.restart();
+            return tx.buffer().len() >= need;
+        }
+        true
+    }
+
+    /// Encrypts `pkt` (the caller's buffer: sealed at once).
     fn encrypt<'t>(
         &mut self,
         table: &'t PeerTable,
@@ -267,19 +351,8 @@ impl Batch {
         pkt: &[u8],
         tx: &mut impl Transmit,
     ) {
-        // boringtun needs the packet plus its overhead, and a whole handshake message,
-        // at the tail.
-        let need = pkt.len() + WG_OVERHEAD + MIN_OUT_BUF;
-        if tx.buffer().len().saturating_sub(self.end) < need {
-            self.flush(tx);
-            if !tx.next_buffer() {
-                log::debug!("no transmit buffer free: dropping a packet");
-                return;
-            }
-            *self = Batch::default();
-            if tx.buffer().len() < need {
-                return;
-            }
+        if !self.make_room(pkt.len(), tx) {
+            return;
         }
         let buf = tx.buffer();
         let base = buf.as_ptr() as usize;
@@ -289,13 +362,67 @@ impl Batch {
                 sent = Some((to, wire.as_ptr() as usize - base, wire.len()));
             }
         });
-        let Some((to, at, wire)) = sent else {
-            return;
-        };
+        if let Some((to, at, wire)) = sent {
+            self.add(to, at, wire, tx);
+        }
+    }
+
+    /// Encrypts segment `i` of a super-packet: written into the sealer's buffer, its
+    /// header now, its sealing when the run is sent. Err: the segment cannot be made.
+    fn encrypt_segment<'t>(
+        &mut self,
+        table: &'t PeerTable,
+        memo: &mut LookupMemo<'t>,
+        seg: &Segmenter,
+        i: usize,
+        tx: &mut impl Transmit,
+    ) -> Result<(), OffloadError> {
+        if !self.make_room(seg.segment_len(i), tx) {
+            return Ok(());
+        }
+        let sealer = &mut self.sealer;
+        if sealer.plain.len() - sealer.plain_end < seg.segment_len(i) {
+            sealer.seal(tx.buffer());
+        }
+        let at = sealer.plain_end;
+        let len = seg.write_segment(i, &mut sealer.plain[at..])?;
+        let buf = tx.buffer();
+        let base = buf.as_ptr() as usize;
+        let mut sent: Option<(SocketAddr, usize, usize)> = None;
+        let deferred = table.encapsulate_deferred(
+            memo,
+            &sealer.plain[at..at + len],
+            &mut buf[self.end..],
+            &mut sealer.keys,
+            &mut |e| {
+                if let Emit::Network(to, wire) = e {
+                    sent = Some((to, wire.as_ptr() as usize - base, wire.len()));
+                }
+            },
+        );
+        if let Some(d) = deferred {
+            sealer.jobs.push(SealJob {
+                counter: d.counter,
+                plaintext: at..at + len,
+                out_start: self.end + DATA_HEADER,
+            });
+            sealer.job_keys.push(d.key);
+            sealer.plain_end = at + len;
+            sent = Some((d.to, self.end, len + WG_OVERHEAD));
+        }
+        if let Some((to, at, wire)) = sent {
+            self.add(to, at, wire, tx);
+        }
+        Ok(())
+    }
+
+    /// Adds the datagram boringtun wrote at `at` (`wire` bytes, for `to`) to the run.
+    fn add(&mut self, to: SocketAddr, at: usize, wire: usize, tx: &mut impl Transmit) {
         if at != self.end {
             // boringtun writes at the start of the buffer it is given; should that ever
-            // change, keep the run contiguous anyway.
-            buf.copy_within(at..at + wire, self.end);
+            // change, keep the run contiguous anyway (never for a deferred seal: its
+            // header is ours).
+            tx.buffer().copy_within(at..at + wire, self.end);
         }
         let gso = tx.gso();
         if !self.fits(to, wire, gso) {
@@ -326,8 +453,12 @@ impl Batch {
             && self.end - self.start + wire <= GSO_MAX_BYTES
     }
 
-    /// Hands the run to the transmitter; the next run starts where it ended.
+    /// Seals what is pending and hands the run to the transmitter; the next run starts
+    /// where it ended. (A datagram written behind the run may be sealed too: harmless.)
     fn flush(&mut self, tx: &mut impl Transmit) {
+        if !self.sealer.jobs.is_empty() {
+            self.sealer.seal(tx.buffer());
+        }
         if let Some(to) = self.to.filter(|_| self.count > 0) {
             let segment = if self.count > 1 {
                 self.segment as u16
@@ -363,6 +494,8 @@ pub struct Decryptor {
     merged: Vec<Range<usize>>,
     /// Reused allocation for the coalescer's list of packets (empty between calls).
     packets: Vec<&'static [u8]>,
+    /// The data packets of one receive, opened together.
+    opens: OpenBatch,
 }
 
 /// Reuses a vector's allocation for references of another lifetime. The standard
@@ -384,6 +517,7 @@ impl Decryptor {
             gro: Coalescer::new(GSO_MAX_SEGMENTS, tun_uso),
             merged: vec![0..0; GSO_MAX_SEGMENTS],
             packets: Vec::with_capacity(GSO_MAX_SEGMENTS),
+            opens: OpenBatch::with_capacity(GSO_MAX_SEGMENTS),
         }
     }
 
@@ -405,11 +539,6 @@ impl Decryptor {
         reply: &mut impl FnMut(SocketAddr, &[u8]),
     ) {
         writes.clear();
-        let seg = if segment == 0 {
-            data.len().max(1)
-        } else {
-            segment
-        };
         let dst: &mut [u8] = if tun_tso { &mut self.plain } else { out };
         let spans = if tun_tso {
             &mut self.spans
@@ -418,24 +547,22 @@ impl Decryptor {
         };
         spans.clear();
         let base = dst.as_ptr() as usize;
-        let mut used = 0;
         let mut memo = LookupMemo::default();
-        for dgram in data.chunks(seg) {
-            if dst.len() - used < dgram.len() + MIN_OUT_BUF {
-                log::debug!("receive batch larger than the decryption buffer");
-                break;
-            }
-            table.decapsulate_with(&mut memo, from, dgram, &mut dst[used..], &mut |e| match e {
+        table.decapsulate_batch(
+            &mut memo,
+            from,
+            data,
+            segment,
+            dst,
+            &mut self.opens,
+            &mut |e| match e {
                 Emit::Network(to, wire) => reply(to, wire),
                 Emit::Tun(pkt) => {
                     let start = pkt.as_ptr() as usize - base;
                     spans.push(start..start + pkt.len());
                 }
-            });
-            if let Some(last) = spans.last() {
-                used = used.max(last.end);
-            }
-        }
+            },
+        );
         if !tun_tso || self.spans.is_empty() {
             return;
         }
@@ -938,6 +1065,118 @@ mod tests {
         }
         assert_eq!(tx.runs.len(), 4);
         assert!(tx.runs[1..].iter().all(|r| r.count == 1));
+    }
+
+    /// Segments sealed early because the plaintext buffer is full (a buffer for three
+    /// segments here), and runs of several super-packets' segments, all reach B intact
+    /// and in order.
+    #[test]
+    fn segments_sealed_early_or_late_all_arrive_in_order() {
+        for plain_len in [4000, MAX_PACKET] {
+            let (a, b) = connected();
+            let big: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+            let mut enc = Encryptor::with_plain_buffer(plain_len);
+            let mut tx = fake_tx(TX_BUFFER, true);
+            let mut want = Vec::new();
+            for k in 0..3u32 {
+                let seq = 1000 + k * 30_000;
+                let read = testpkt::tso_read(&ip_a_to_b(), &tcp(seq), &big, 1240, false);
+                enc.process_more(&a, &read, true, &mut tx);
+                want.extend_from_slice(&big);
+            }
+            enc.flush(&mut tx);
+            let got = decrypt_runs(&b, &tx);
+            assert_eq!(got.len(), 3 * 25, "plain buffer {plain_len}");
+            let payload: Vec<u8> = got.iter().flat_map(|p| p[40..].to_vec()).collect();
+            assert!(payload == want, "plain buffer {plain_len}: payload changed");
+        }
+    }
+
+    /// In one GRO receive opened as a batch, a forged datagram and a replayed one are
+    /// dropped and counted; every other datagram reaches the TUN, in order.
+    #[test]
+    fn a_receive_batch_drops_forged_and_replayed_datagrams_alone() {
+        let (a, b) = connected();
+        let payload: Vec<u8> = (0..40_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
+        let mut tx = fake_tx(TX_BUFFER, true);
+        Encryptor::new().process(&a, &tso_read(&payload, 1240), true, &mut tx);
+        assert_eq!(tx.runs.len(), 1);
+        let seg = usize::from(tx.runs[0].segment);
+        let mut data = tx.data[0].clone();
+        let count = data.len().div_ceil(seg);
+        assert_eq!(count, 33);
+        // Datagram 10: one ciphertext bit flipped. Datagram 21: a copy of 20.
+        data[10 * seg + 100] ^= 0x04;
+        data.copy_within(20 * seg..21 * seg, 21 * seg);
+        let rejected = b.drops.rejected.load(std::sync::atomic::Ordering::Relaxed);
+        let mut dec = Decryptor::new(true);
+        let mut out = vec![0u8; RX_OUT_BUFFER];
+        let mut writes = Vec::new();
+        dec.process(
+            &b,
+            ep(EP_A),
+            &data,
+            seg,
+            true,
+            &mut out,
+            &mut writes,
+            &mut |_, _| panic!("unexpected reply"),
+        );
+        let mut want = Vec::new();
+        for (i, chunk) in payload.chunks(1240).enumerate() {
+            if i != 10 && i != 21 {
+                want.extend_from_slice(chunk);
+            }
+        }
+        assert!(
+            tun_payload(&writes, &out) == want,
+            "wrong packets delivered"
+        );
+        assert_eq!(
+            b.drops.rejected.load(std::sync::atomic::Ordering::Relaxed),
+            rejected + 2
+        );
+    }
+
+    /// Relays what the DERP path gets, as the control thread would.
+    #[derive(Default)]
+    struct RecordingOffPath(Mutex<Vec<Vec<u8>>>);
+
+    impl crate::wireguard::OffPath for RecordingOffPath {
+        fn non_wireguard(&self, _: SocketAddr, _: &[u8]) {}
+        fn relay(&self, _: &Key, _: u16, packet: &[u8]) {
+            self.0.lock().push(packet.to_vec());
+        }
+    }
+
+    /// A super-packet for a peer reached over DERP is handed to the control thread
+    /// segment by segment, each already sealed (it leaves at once, not with a run).
+    #[test]
+    fn segments_relayed_over_derp_are_sealed_when_handed_over() {
+        let (a, b) = connected();
+        let hook = Arc::new(RecordingOffPath::default());
+        a.set_off_path(hook.clone());
+        let b_key = Key(PublicKey::from(&StaticSecret::from([2; 32])).to_bytes());
+        assert!(a.set_endpoint(&b_key, Some(crate::disco::derp_addr(1))));
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
+        let mut tx = fake_tx(TX_BUFFER, true);
+        Encryptor::new().process(&a, &tso_read(&payload, 1240), true, &mut tx);
+        assert!(tx.runs.is_empty(), "DERP traffic went out over UDP");
+        let relayed = hook.0.lock().clone();
+        assert_eq!(relayed.len(), 9);
+        let mut out = vec![0u8; MAX_PACKET];
+        let mut got = Vec::new();
+        for d in &relayed {
+            b.decapsulate(ep(EP_A), d, &mut out, &mut |e| {
+                if let Emit::Tun(p) = e {
+                    got.extend_from_slice(&p[40..]);
+                }
+            });
+        }
+        assert!(
+            got == payload,
+            "relayed segments do not open to the payload"
+        );
     }
 
     // ----- The epoll backend's TUN → network batches.

@@ -57,6 +57,18 @@ impl<'a> From<WireGuardError> for TunnResult<'a> {
 }
 
 /// Tunnel represents a point-to-point WireGuard connection
+/// What [`Tunn::encapsulate_header`] made of a packet.
+pub enum Encapsulation<'a> {
+    /// The header is written; seal the packet with `key` under `counter`.
+    Seal {
+        key: &'a Arc<ringscale_aead::TransportKey>,
+        counter: u64,
+    },
+    /// No session: what `encapsulate` returned (the packet is queued, and a handshake
+    /// initiation may have to be sent).
+    Other(TunnResult<'a>),
+}
+
 pub struct Tunn {
     /// The handshake currently in progress
     handshake: handshake::Handshake,
@@ -267,6 +279,33 @@ impl Tunn {
         self.format_handshake_initiation(dst, false)
     }
 
+    /// As `encapsulate`, except that with a session the packet is not sealed here: the
+    /// data header goes into `dst[..16]`, and the caller must seal `src` with the
+    /// returned key and counter into `dst[16..16 + src.len() + 16]` before sending
+    /// those `src.len() + 32` bytes (ringscale seals a super-packet's segments together).
+    /// Timers and byte counts are updated as `encapsulate` does.
+    ///
+    /// # Panics
+    /// As `encapsulate`.
+    pub fn encapsulate_header<'a>(
+        &'a mut self,
+        src: &[u8],
+        dst: &'a mut [u8],
+    ) -> Encapsulation<'a> {
+        let current = self.current;
+        if self.sessions[current % N_SESSIONS].is_some() {
+            self.timer_tick(TimerName::TimeLastPacketSent);
+            if !src.is_empty() {
+                self.timer_tick(TimerName::TimeLastDataPacketSent);
+            }
+            self.tx_bytes += src.len();
+            let session = self.sessions[current % N_SESSIONS].as_ref().unwrap();
+            let (key, counter) = session.format_packet_header(src.len(), dst);
+            return Encapsulation::Seal { key, counter };
+        }
+        Encapsulation::Other(self.encapsulate(src, dst))
+    }
+
     /// Receives a UDP datagram from the network and parses it.
     /// Returns TunnResult.
     ///
@@ -400,6 +439,48 @@ impl Tunn {
             self.current = new_idx;
             tracing::debug!(message = "New session", session = new_idx);
         }
+    }
+
+    /// The first half of `decapsulate` for a data packet, for a caller that opens many
+    /// packets at once (ringscale, a GRO receive): the checks made before decrypting (a
+    /// session with this index, a counter not seen yet) and the key and counter to open
+    /// the ciphertext (the datagram from byte 16 on) with. Then call `finish_data`.
+    pub fn data_key(
+        &self,
+        packet: &PacketData,
+    ) -> Result<(&Arc<ringscale_aead::TransportKey>, u64), WireGuardError> {
+        let session = self.sessions[packet.receiver_idx as usize % N_SESSIONS]
+            .as_ref()
+            .ok_or(WireGuardError::NoCurrentSession)?;
+        session.packet_data_key(packet)
+    }
+
+    /// The second half: given whether the tag matched and the `plaintext` it opened
+    /// to, what `decapsulate` does after decrypting (replay mark, session switch, timer,
+    /// the IP packet's checks). The session must still be the one `data_key` found;
+    /// if it was replaced meanwhile the packet is dropped.
+    pub fn finish_data<'a>(
+        &mut self,
+        receiver_idx: u32,
+        counter: u64,
+        opened: bool,
+        plaintext: &'a mut [u8],
+    ) -> TunnResult<'a> {
+        if !opened {
+            return TunnResult::Err(WireGuardError::InvalidAeadTag);
+        }
+        let Some(session) = self.sessions[receiver_idx as usize % N_SESSIONS]
+            .as_ref()
+            .filter(|s| s.receiving_index == receiver_idx)
+        else {
+            return TunnResult::Err(WireGuardError::NoCurrentSession);
+        };
+        if let Err(e) = session.finish_packet_data(counter) {
+            return TunnResult::Err(e);
+        }
+        self.set_current_session(receiver_idx as usize);
+        self.timer_tick(TimerName::TimeLastPacketReceived);
+        self.validate_decapsulated_packet(plaintext)
     }
 
     /// Decrypts a data packet, and stores the decapsulated packet in dst.

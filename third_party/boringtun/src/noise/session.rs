@@ -6,12 +6,13 @@ use crate::noise::errors::WireGuardError;
 use parking_lot::Mutex;
 use portable_atomic::{AtomicU64, Ordering};
 use ringscale_aead::TransportKey;
+use std::sync::Arc;
 
 pub struct Session {
     pub(crate) receiving_index: u32,
     sending_index: u32,
-    receiver: TransportKey,
-    sender: TransportKey,
+    receiver: Arc<TransportKey>,
+    sender: Arc<TransportKey>,
     sending_key_counter: AtomicU64,
     receiving_key_counter: Mutex<ReceivingKeyCounterValidator>,
 }
@@ -163,8 +164,8 @@ impl Session {
         Session {
             receiving_index: local_index,
             sending_index: peer_index,
-            receiver: TransportKey::new(&receiving_key),
-            sender: TransportKey::new(&sending_key),
+            receiver: Arc::new(TransportKey::new(&receiving_key)),
+            sender: Arc::new(TransportKey::new(&sending_key)),
             sending_key_counter: AtomicU64::new(0),
             receiving_key_counter: Mutex::new(Default::default()),
         }
@@ -212,6 +213,44 @@ impl Session {
         let n = self.sender.seal(sending_key_counter, src, data);
 
         &mut dst[..DATA_OFFSET + n]
+    }
+
+    /// As `format_packet_data`, but only the 16-byte header goes into `dst`: returns the
+    /// sending key and the counter the caller must seal a `src_len`-byte packet with,
+    /// into `dst[16..16 + src_len + 16]` (ringscale seals the segments of one
+    /// super-packet together).
+    pub(super) fn format_packet_header(
+        &self,
+        src_len: usize,
+        dst: &mut [u8],
+    ) -> (&Arc<TransportKey>, u64) {
+        if dst.len() < src_len + super::DATA_OVERHEAD_SZ {
+            panic!("The destination buffer is too small");
+        }
+        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed) as u64;
+        dst[..4].copy_from_slice(&super::DATA.to_le_bytes());
+        dst[4..8].copy_from_slice(&self.sending_index.to_le_bytes());
+        dst[8..16].copy_from_slice(&sending_key_counter.to_le_bytes());
+        (&self.sender, sending_key_counter)
+    }
+
+    /// The checks `receive_packet_data` makes before decrypting (index, replay quick
+    /// check): the key and counter to open `packet` with, for a caller that opens many
+    /// packets at once; then `finish_packet_data`.
+    pub(super) fn packet_data_key(
+        &self,
+        packet: &PacketData,
+    ) -> Result<(&Arc<TransportKey>, u64), WireGuardError> {
+        if packet.receiver_idx != self.receiving_index {
+            return Err(WireGuardError::WrongIndex);
+        }
+        self.receiving_counter_quick_check(packet.counter)?;
+        Ok((&self.receiver, packet.counter))
+    }
+
+    /// What `receive_packet_data` does after decrypting: the replay mark.
+    pub(super) fn finish_packet_data(&self, counter: u64) -> Result<(), WireGuardError> {
+        self.receiving_counter_mark(counter)
     }
 
     /// packet - a data packet we received from the network
