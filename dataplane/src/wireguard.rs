@@ -740,7 +740,10 @@ impl PeerTable {
         segment: usize,
         out: &mut [u8],
         batch: &mut OpenBatch,
-        emit: &mut impl FnMut(Emit<'_>),
+        // dyn: one copy of this (and of decapsulate_with, inlined in it) for both
+        // backends' callbacks instead of one each: 6,000 B less on aarch64, for one
+        // indirect call per packet.
+        emit: &mut dyn FnMut(Emit<'_>),
     ) {
         let seg = if segment == 0 {
             data.len().max(1)
@@ -821,7 +824,7 @@ impl PeerTable {
         data: &[u8],
         out: &mut [u8],
         batch: &mut OpenBatch,
-        emit: &mut impl FnMut(Emit<'_>),
+        emit: &mut dyn FnMut(Emit<'_>),
     ) {
         let mut i = 0;
         while i < batch.jobs.len() {
@@ -862,7 +865,7 @@ impl PeerTable {
         peer: &Arc<Peer>,
         from: SocketAddr,
         result: TunnResult<'_>,
-        emit: &mut impl FnMut(Emit<'_>),
+        emit: &mut (impl FnMut(Emit<'_>) + ?Sized),
     ) -> bool {
         let (pkt, src) = match result {
             TunnResult::WriteToTunnelV4(pkt, src) => (pkt, IpAddr::V4(src)),
