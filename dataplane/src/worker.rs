@@ -5,7 +5,9 @@
 //! (baselines.md): a TUN read returns up to 64 KB of TCP (TSO), which we split into
 //! MTU-sized packets, encrypt, and hand to the kernel as one UDP GSO send; a UDP GRO
 //! receive returns up to 64 datagrams of one flow, which we decrypt and merge back into
-//! one TUN write.
+//! one TUN write. Both batches are also the cipher's: a run's segments are sealed
+//! together just before it is sent ([`Sealer`]), a receive's datagrams opened together
+//! ([`PeerTable::decapsulate_batch`]).
 //!
 //! This module is the packet core both I/O backends share, and the simpler backend:
 //! * [`Encryptor`] turns one TUN read into GSO runs of encrypted datagrams, written into
@@ -20,8 +22,7 @@
 //!   (read without waiting), all sent together;
 //! * the `io_uring` backend lives in `uring.rs` and calls the same core.
 
-use crate::offload::OffloadError;
-use crate::offload::{Coalescer, Segmenter, VNET_HDR_LEN};
+use crate::offload::{Coalescer, OffloadError, Segmenter, VNET_HDR_LEN};
 use crate::sys::{tun::Tun, udp};
 use crate::wireguard::{
     BatchKeys, Emit, LookupMemo, OpenBatch, PeerTable, DATA_HEADER, MIN_OUT_BUF, WG_OVERHEAD,
