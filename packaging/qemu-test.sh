@@ -7,7 +7,7 @@
 # 1. `tailscale version` through a link named tailscale (the argv[0] dispatch), checked
 #    against the workspace version;
 # 2. `tailscaled --help`, which must list the daemon's flags;
-# 3. `cargo test -p ringscale-dataplane -p ringscale-aead --lib` for
+# 3. `cargo test -p ringscale-dataplane -p ringscale-aead -p ringscale-wire -p ringscale-keys --lib` for
 #    aarch64-unknown-linux-musl, each test binary run by qemu-aarch64-static (the runner in
 #    .cargo/config.toml): the packet core (WireGuard sessions and their ChaCha20-Poly1305,
 #    offload segmentation/coalescing, checksums, routing) on arm64.
@@ -45,5 +45,5 @@ step "aarch64: data plane unit tests under qemu-user"
 # qemu-user (7.2 in Debian 12) does not implement io_uring_setup (ENOSYS), so the one
 # test that requires a working io_uring is skipped here; the fallback path it implies
 # (epoll, with the reason logged) is tested by worker::tests and runs under qemu too.
-cargo test -p ringscale-dataplane -p ringscale-aead --lib --target "$triple" -- --test-threads=2 \
+cargo test -p ringscale-dataplane -p ringscale-aead -p ringscale-wire -p ringscale-keys --lib --target "$triple" -- --test-threads=2 \
   --skip uring::tests::probe_succeeds_where_io_uring_works

@@ -74,7 +74,7 @@ pub fn main(args: &[String]) -> ExitCode {
         // rules, netfilter, DNS) is cleaned here.
         cleanup_dns(&flags);
         // Policy rules, table 52 and our netfilter chains (issue 8).
-        if let Err(e) = ringscale_dataplane::router::cleanup() {
+        if let Err(e) = ringscale_host::cleanup() {
             log::warn!("cleanup: routing/netfilter: {e}");
         }
         log::info!("cleanup: done");
@@ -117,8 +117,13 @@ fn run_wg_config(path: &str, flags: &goflag::Parsed, port: u16, opts: EngineOpti
             return ExitCode::from(1);
         }
     };
+    // quad-100 answers here too (with no names: a WireGuard config has no DNS).
+    #[cfg(feature = "dns")]
+    let quad100 = crate::backend::dns::start_quad100(&engine, cfg.mtu);
     let sig = wait_for(&signals);
     log::info!("signal {sig}: shutting down");
+    #[cfg(feature = "dns")]
+    drop(quad100);
     // The TUN device, its addresses and routes go with the process.
     drop(engine);
     ExitCode::SUCCESS
@@ -173,6 +178,7 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
         }
     };
     let dns = crate::backend::dns::Dns::new(
+        &engine,
         crate::backend::dns::RESOLV_CONF.into(),
         paths.var_root.as_deref(),
     );

@@ -5,7 +5,7 @@
 //! connecting; the policy rules at priority 5210–5250 route marked packets by the
 //! main table.
 
-use ringscale_dataplane::router::set_bypass_mark;
+use ringscale_sys::fwmark::set_bypass_mark;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;

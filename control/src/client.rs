@@ -71,7 +71,7 @@ fn retry_after(headers: &http::HeaderMap) -> Duration {
 
 fn rand_below(n: u64) -> u64 {
     let mut b = [0u8; 8];
-    ringscale_dataplane::key::getrandom(&mut b);
+    ringscale_sys::random::fill(&mut b);
     u64::from_le_bytes(b) % n.max(1)
 }
 

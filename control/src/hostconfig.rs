@@ -15,8 +15,8 @@ use crate::prefs::{self, Prefs};
 use crate::tailcfg::{is_tailscale_ip, FilterRule, IpPrefix, Node};
 use ip_network::IpNetwork;
 use ringscale_dataplane::filter::{self, DstRange, FilterConfig, IpRange, PortRange};
-use ringscale_dataplane::router::ifaddrs::InterfaceAddr;
-use ringscale_dataplane::router::{NetfilterConfig, NetfilterMode, RouterConfig};
+use ringscale_host::{NetfilterConfig, NetfilterMode, RouterConfig};
+use ringscale_sys::ifaddrs::InterfaceAddr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Node capability: turn the CGNAT drop rule off (Go's nodecap).
@@ -321,7 +321,7 @@ pub fn router_config(
 mod tests {
     use super::*;
     use crate::tailcfg::{NetPortRange, NodePublic, PortRange as TsPorts};
-    use ringscale_dataplane::Key;
+    use ringscale_keys::Key;
 
     fn pfx(s: &str) -> IpPrefix {
         s.parse().unwrap()

@@ -590,7 +590,7 @@ fn ipv6_of(n: &Node) -> Option<IpAddr> {
 mod tests {
     use super::*;
     use crate::tailcfg::{DnsConfig, Hostinfo, Service};
-    use ringscale_dataplane::Key;
+    use ringscale_keys::Key;
 
     fn key(b: u8) -> NodePublic {
         NodePublic(Key([b; 32]))

@@ -1,19 +1,18 @@
 //! The control plane: Tailscale's coordination protocol (ts2021), registration, the
-//! netmap and the state file. Protocol logic is plain types and functions; the I/O that
-//! drives them lives at the edges.
+//! netmap and prefs, the state file, and the mappings from a netmap to the data plane's
+//! and the host's configuration. Protocol logic is plain types and functions; the I/O
+//! that drives them lives at the edges. The wire types are ringscale-tailcfg's,
+//! re-exported as [`tailcfg`].
 
 pub mod bypass;
 pub mod client;
-pub mod derp;
-pub mod dnsmap;
 pub mod hostconfig;
 pub mod ipn;
 pub mod ipnstate;
 pub mod netmap;
 pub mod noise;
-pub mod paths;
 pub mod prefs;
 pub mod state;
-pub mod stun;
-pub mod tailcfg;
 pub mod ts2021;
+
+pub use ringscale_tailcfg as tailcfg;

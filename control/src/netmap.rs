@@ -575,7 +575,7 @@ mod tests {
     use crate::tailcfg::{
         DerpHomeParams, DerpRegion, DiscoPublic, PeerChange, PrivateKey, Resolver,
     };
-    use ringscale_dataplane::Key;
+    use ringscale_keys::Key;
 
     fn pfx(s: &str) -> IpPrefix {
         s.parse().unwrap()

@@ -30,13 +30,6 @@ pub fn exit_routes() -> [IpPrefix; 2] {
     ]
 }
 
-impl IpPrefix {
-    /// The same address with another prefix length; None if too long.
-    pub fn with_bits(&self, bits: u8) -> Option<IpPrefix> {
-        IpPrefix::new(self.addr(), bits)
-    }
-}
-
 /// How much of netfilter the daemon manages (`preftype.NetfilterMode`; stored as an int).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NetfilterMode {
@@ -647,7 +640,7 @@ pub struct LoginProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringscale_dataplane::Key;
+    use ringscale_keys::Key;
     use serde_json::json;
 
     /// Stored prefs as Go tailscaled 1.10x writes them (protocol.md §11.1), with a field

@@ -474,7 +474,7 @@ impl StateStore {
 pub fn new_profile_id(known: &BTreeMap<String, LoginProfile>) -> String {
     loop {
         let mut b = [0u8; 2];
-        ringscale_dataplane::key::getrandom(&mut b);
+        ringscale_sys::random::fill(&mut b);
         let id = format!("{:02x}{:02x}", b[0], b[1]);
         if !known.contains_key(&id) {
             return id;
@@ -572,7 +572,7 @@ pub fn write_file_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
     let prefix = temp_prefix(&target);
     let (tmp_path, mut tmp) = loop {
         let mut r = [0u8; 4];
-        ringscale_dataplane::key::getrandom(&mut r);
+        ringscale_sys::random::fill(&mut r);
         let p = dir.join(format!("{prefix}{}", u32::from_le_bytes(r)));
         match OpenOptions::new()
             .write(true)
@@ -617,7 +617,7 @@ mod tests {
     impl TempDir {
         fn new(tag: &str) -> TempDir {
             let mut r = [0u8; 8];
-            ringscale_dataplane::key::getrandom(&mut r);
+            ringscale_sys::random::fill(&mut r);
             let p = std::env::temp_dir().join(format!(
                 "ringscale-state-{tag}-{}-{}",
                 std::process::id(),

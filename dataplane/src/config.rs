@@ -1,9 +1,9 @@
 //! The data plane's whole configuration as one value. The WireGuard config file and
 //! the control plane's netmap both produce a [`Config`]; the engine applies it.
 
-use crate::Key;
 use ip_network::IpNetwork;
-use std::net::{IpAddr, SocketAddr};
+use ringscale_keys::Key;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Default TUN MTU: Tailscale's "safe" MTU, which fits any path with IPv6 + WireGuard.
 pub const DEFAULT_MTU: u16 = 1280;
@@ -32,10 +32,23 @@ pub struct PeerConfig {
     pub persistent_keepalive: Option<u16>,
 }
 
-/// An address on our interface with its on-link prefix length (10.0.0.1/24). Tailscale
-/// nodes use /32 and /128; WireGuard config files often use a subnet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IfAddr {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
+pub use ringscale_sys::IfAddr;
+
+/// `127.3.3.40`: a socket address with this IP stands for "DERP region <port>", as in
+/// Go's magicsock. The data plane uses it as a peer's endpoint when packets for that
+/// peer must be relayed.
+pub const DERP_MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
+
+/// The pseudo address of DERP region `region`.
+pub fn derp_addr(region: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(DERP_MAGIC_IP), region)
+}
+
+/// The region a DERP pseudo address stands for.
+pub fn derp_region_of(addr: SocketAddr) -> Option<u16> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip == DERP_MAGIC_IP => Some(addr.port()),
+        IpAddr::V6(ip) if ip.to_ipv4_mapped() == Some(DERP_MAGIC_IP) => Some(addr.port()),
+        _ => None,
+    }
 }

@@ -4,12 +4,12 @@
 //! workers take the current table once per batch and never wait for reconfiguration.
 
 use crate::config::{Config, IfAddr};
-use crate::sys::tun::{Tun, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
-use crate::sys::{netlink, udp};
-use crate::wireguard::{Drops, Emit, OffPath, PeerTable, MIN_OUT_BUF};
+use crate::wireguard::{Drops, Emit, LocalService, OffPath, PeerTable, MIN_OUT_BUF};
 use crate::worker::{self, IoBackend, Offloads, TableSlot};
 use ip_network::IpNetwork;
 use parking_lot::Mutex;
+use ringscale_sys::tun::{Tun, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+use ringscale_sys::{netlink, udp};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -53,9 +53,6 @@ pub struct Engine {
     /// For the control thread: the WireGuard port's socket (disco and STUN must leave
     /// from it so NAT mappings match), and a TUN queue for packets that arrived by DERP.
     off_path: OffPathIo,
-    /// MagicDNS on 100.100.100.100 (None if it could not start).
-    #[cfg(feature = "dns")]
-    quad100: Option<crate::dns::quad100::Quad100>,
 }
 
 /// The control thread's own handles on the packet path (disco, STUN, DERP).
@@ -138,7 +135,7 @@ impl Engine {
         // Our WireGuard UDP must bypass table 52, or it would loop into the tunnel
         // once an exit node takes the default route.
         for s in &socks {
-            crate::router::mark_socket(s);
+            ringscale_sys::fwmark::mark_socket(s);
         }
         offloads.udp_gso = opts.offload && udp::gso_supported(&socks[0]);
         offloads.udp_gro = opts.offload && socks.iter().all(udp::enable_gro);
@@ -160,12 +157,8 @@ impl Engine {
                 tun: Mutex::new((queues[0].try_clone()?, vec![0u8; 65_536 + 64])),
                 tun_vnet_hdr: offloads.tun_tso,
             },
-            #[cfg(feature = "dns")]
-            quad100: None,
         };
         engine.apply_host(cfg)?;
-        #[cfg(feature = "dns")]
-        engine.start_quad100(&queues[0], cfg.mtu);
 
         let timer_sock = socks[0].try_clone()?;
         #[cfg(feature = "io-uring")]
@@ -247,7 +240,7 @@ impl Engine {
     /// come over UDP from the region's pseudo address, and write what it carries to the
     /// TUN. Replies (handshakes) go out on the peer's path.
     pub fn receive_relayed(&self, region: u16, packet: &[u8]) {
-        let from = crate::disco::derp_addr(region);
+        let from = crate::derp_addr(region);
         let table = self.table();
         let mut guard = self.off_path.tun.lock();
         let (tun, buf) = &mut *guard;
@@ -301,45 +294,25 @@ impl Engine {
         self.apply_host(cfg)
     }
 
-    /// Starts quad-100 and routes its two addresses into the TUN. A failure costs
-    /// MagicDNS, not the tunnel: it is logged and the engine runs on.
-    #[cfg(feature = "dns")]
-    fn start_quad100(&mut self, tun: &Tun, mtu: u16) {
-        use crate::dns::{quad100::Quad100, QUAD100_V4, QUAD100_V6};
-        let svc = match tun
-            .try_clone()
-            .and_then(|t| Quad100::start(t, self.offloads.tun_tso, mtu))
-        {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("quad-100 (MagicDNS) not started: {e}");
-                return;
-            }
-        };
-        self.table().set_local_service(svc.local_service());
-        for net in [
-            IpNetwork::new(QUAD100_V4, 32).expect("a /32"),
-            IpNetwork::new(QUAD100_V6, 128).expect("a /128"),
-        ] {
-            if let Err(e) = netlink::add_route(self.ifindex, net, netlink::TABLE_MAIN) {
-                log::warn!("quad-100: route {net} into {}: {e}", self.tun_name);
-            }
-        }
-        self.quad100 = Some(svc);
+    /// Hands packets from the TUN to `dst`s that `svc` serves (quad-100) to it instead
+    /// of routing them to a peer.
+    pub fn set_local_service(&self, svc: Arc<dyn LocalService>) {
+        self.table().set_local_service(svc);
     }
 
-    /// Gives quad-100 a new resolver configuration (from the netmap).
-    #[cfg(feature = "dns")]
-    pub fn set_dns(&self, cfg: crate::dns::ResolverConfig) {
-        if let Some(q) = &self.quad100 {
-            q.set_config(cfg);
-        }
+    /// A handle on the TUN for an in-process service to write its replies to, and
+    /// whether writes to it start with a virtio-net header.
+    pub fn tun_writer(&self) -> io::Result<(Tun, bool)> {
+        Ok((
+            self.off_path.tun.lock().0.try_clone()?,
+            self.off_path.tun_vnet_hdr,
+        ))
     }
 
-    /// quad-100's current resolver (for the PeerAPI DNS server), if it runs.
-    #[cfg(feature = "dns")]
-    pub fn dns_resolver(&self) -> Option<Arc<crate::dns::Resolver>> {
-        self.quad100.as_ref().map(|q| q.resolver())
+    /// Routes `net` into the TUN through the main table (a local service's addresses,
+    /// which must be reachable whether or not the policy router runs).
+    pub fn add_service_route(&self, net: IpNetwork) -> io::Result<()> {
+        netlink::add_route(self.ifindex, net, netlink::TABLE_MAIN)
     }
 
     /// Leaves routing to the policy router (`router::Router`, table 52): removes the

@@ -1,5 +1,6 @@
-//! ringscale's data plane: the TUN device, the UDP socket, WireGuard (boringtun),
-//! AllowedIPs routing and the host configuration the tunnel needs.
+//! ringscale's packet path: packets between the TUN device and the UDP sockets through
+//! WireGuard (boringtun): the peer table, AllowedIPs routing, the packet filter, TUN and
+//! UDP segmentation offloads, and the per-core workers (io_uring or epoll).
 //!
 //! The whole data plane is configured through one value, [`Config`]: a WireGuard config
 //! file and the control plane's netmap both produce it, and [`Engine::reconfigure`]
@@ -7,21 +8,16 @@
 
 pub mod allowed_ips;
 pub mod config;
-pub mod disco;
-pub mod dns;
 pub mod engine;
 pub mod filter;
-pub mod key;
 pub mod offload;
-pub mod router;
-pub mod sys;
 #[cfg(feature = "io-uring")]
 pub mod uring;
 pub mod wgconfig;
 pub mod wireguard;
 pub mod worker;
 
-pub use config::{Config, IfAddr, PeerConfig};
+pub use config::{derp_addr, derp_region_of, Config, IfAddr, PeerConfig, DERP_MAGIC_IP};
 pub use engine::{Engine, EngineOptions};
-pub use key::Key;
+pub use ringscale_keys::Key;
 pub use worker::IoBackend;

@@ -26,13 +26,13 @@
 //! everything in flight has completed (`drain`), or leaks its buffers if it cannot wait.
 
 use crate::offload::VNET_HDR_LEN;
-use crate::sys::tun::Tun;
-use crate::sys::udp::{self, RawAddr, SOL_UDP, UDP_GRO, UDP_SEGMENT};
 use crate::worker::{
     self, gso_refused, Decryptor, Encryptor, GsoRun, Offloads, TableSlot, Transmit,
     GSO_MAX_SEGMENTS, MAX_PACKET, RX_OUT_BUFFER, TX_BUFFER,
 };
 use io_uring::{opcode, squeue, types, IoUring, Probe};
+use ringscale_sys::tun::Tun;
+use ringscale_sys::udp::{self, RawAddr, SOL_UDP, UDP_GRO, UDP_SEGMENT};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -171,7 +171,7 @@ pub struct Workers {
 impl Workers {
     pub fn new() -> io::Result<Workers> {
         // SAFETY: plain eventfd(2); the fd is owned below.
-        let fd = crate::sys::cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+        let fd = ringscale_sys::cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
         Ok(Workers {
             // SAFETY: a fresh descriptor nobody else owns.
             stop: unsafe { OwnedFd::from_raw_fd(fd) },

@@ -4,8 +4,8 @@
 //! rejected by name rather than silently ignored, so a user never believes they applied.
 
 use crate::config::{Config, IfAddr, PeerConfig, DEFAULT_MTU};
-use crate::Key;
 use ip_network::IpNetwork;
+use ringscale_keys::Key;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 

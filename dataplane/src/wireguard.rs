@@ -5,7 +5,6 @@
 use crate::allowed_ips::AllowedIps;
 use crate::config::Config;
 use crate::filter::{Filter, Verdict};
-use crate::Key;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -14,6 +13,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use ip_network::IpNetwork;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use ringscale_aead::{BadTag, OpenJob, TransportKey, TAG_LEN};
+use ringscale_keys::Key;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -133,15 +133,7 @@ pub trait OffPath: Send + Sync {
     fn relay(&self, peer: &Key, region: u16, packet: &[u8]);
 }
 
-/// Is this datagram disco or STUN rather than WireGuard (Go `packetLooksLike`,
-/// protocol.md §7.3)? Only these reach [`OffPath::non_wireguard`]; other junk is
-/// counted as invalid.
-pub fn is_off_path_datagram(b: &[u8]) -> bool {
-    // STUN binding request/response: magic cookie at 4..8, message class bits clear.
-    let stun =
-        b.len() >= 20 && b[0] & 0xc0 == 0 && b[1] == 0x01 && b[4..8] == [0x21, 0x12, 0xa4, 0x42];
-    stun || crate::disco::looks_like_disco(b)
-}
+pub use ringscale_wire::disco::is_off_path_datagram;
 
 /// What all the tables of one engine share: the off-path hook and a coarse clock for
 /// noting when peers were last sent to.
@@ -514,7 +506,7 @@ impl PeerTable {
         wire: &'a [u8],
         emit: &mut impl FnMut(Emit<'a>),
     ) {
-        match crate::disco::derp_region_of(to) {
+        match crate::derp_region_of(to) {
             None => emit(Emit::Network(to, wire)),
             Some(region) => match (peer, self.shared.off_path.get()) {
                 (Some(peer), Some(hook)) => hook.relay(&peer.key, region, wire),
@@ -566,7 +558,7 @@ impl PeerTable {
         let peer = self.outbound_peer(memo, pkt)?;
         let endpoint = peer.endpoint();
         peer.note_send(self.now_ms());
-        let Some(to) = endpoint.filter(|ep| crate::disco::derp_region_of(*ep).is_none()) else {
+        let Some(to) = endpoint.filter(|ep| crate::derp_region_of(*ep).is_none()) else {
             // The DERP hook takes the datagram now: seal it now.
             let result = peer.tunn.lock().encapsulate(pkt, out);
             self.send_encapsulated(peer, endpoint, result, emit);

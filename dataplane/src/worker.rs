@@ -23,12 +23,12 @@
 //! * the `io_uring` backend lives in `uring.rs` and calls the same core.
 
 use crate::offload::{Coalescer, OffloadError, Segmenter, VNET_HDR_LEN};
-use crate::sys::{tun::Tun, udp};
 use crate::wireguard::{
     BatchKeys, Emit, LookupMemo, OpenBatch, PeerTable, DATA_HEADER, MIN_OUT_BUF, WG_OVERHEAD,
 };
 use parking_lot::Mutex;
 use ringscale_aead::SealJob;
+use ringscale_sys::{tun::Tun, udp};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -1158,7 +1158,7 @@ mod tests {
         let hook = Arc::new(RecordingOffPath::default());
         a.set_off_path(hook.clone());
         let b_key = Key(PublicKey::from(&StaticSecret::from([2; 32])).to_bytes());
-        assert!(a.set_endpoint(&b_key, Some(crate::disco::derp_addr(1))));
+        assert!(a.set_endpoint(&b_key, Some(crate::derp_addr(1))));
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
         let mut tx = fake_tx(TX_BUFFER, true);
         Encryptor::new().process(&a, &tso_read(&payload, 1240), true, &mut tx);

@@ -16,9 +16,9 @@
 //! wait is bounded; the bounds are generous limits, not timings.
 
 use ringscale_control::tailcfg::{DnsConfig, Resolver};
-use ringscale_dataplane::dns::wire;
 use ringscale_tests::node::{self, Daemon};
 use ringscale_tests::testbed::{self, Lan, NsResolvConf, Proc, TempDir};
+use ringscale_wire::dns as wire;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::BTreeMap;

@@ -363,9 +363,9 @@ fn send_udp(ns: &Netns, to: SocketAddr, datagrams: Vec<Vec<u8>>) {
 /// sent) are dropped and logged; the node stays up and keeps its path to the real peer.
 #[test]
 fn hostile_disco_packets_do_not_hijack_paths() {
-    use ringscale_dataplane::disco::message::{self, Message};
-    use ringscale_dataplane::disco::naclbox::SharedKey;
     use ringscale_dataplane::Key;
+    use ringscale_magicsock::disco::message::{self, Message};
+    use ringscale_magicsock::disco::naclbox::SharedKey;
 
     let hub = hub("pahdhub", "10.98.0", None, false);
     let mut a = start_node(&hub, 2, "node-a");

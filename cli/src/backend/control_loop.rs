@@ -41,7 +41,7 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(30));
         let mut b = [0u8; 2];
-        ringscale_dataplane::key::getrandom(&mut b);
+        ringscale_sys::random::fill(&mut b);
         // Jitter of up to half the delay spreads reconnecting nodes apart.
         let jitter = base.as_millis() as u64 * u16::from_le_bytes(b) as u64 / 65535 / 2;
         base + Duration::from_millis(jitter)
@@ -249,7 +249,7 @@ fn map_request(b: &LocalBackend, stream: bool) -> Option<MapRequest> {
     let report = b.paths.report();
     let (endpoints, endpoint_types) = if report.endpoints.is_empty() {
         let local = hostinfo::local_endpoints(b.engine.port(), b.engine.tun_name());
-        let types = vec![ringscale_control::paths::ENDPOINT_LOCAL; local.len()];
+        let types = vec![ringscale_magicsock::driver::ENDPOINT_LOCAL; local.len()];
         (local, types)
     } else {
         report.endpoints.iter().copied().unzip()
@@ -407,7 +407,7 @@ fn apply(
     if let Some(key) = inner.prefs.node_private_key() {
         let endpoints = hostinfo::local_endpoints(b.engine.port(), b.engine.tun_name());
         b.paths
-            .update(ringscale_control::paths::PathsUpdate::from_netmap(
+            .update(ringscale_magicsock::driver::PathsUpdate::from_netmap(
                 netmap, key, endpoints,
             ));
     }

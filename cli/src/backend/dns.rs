@@ -10,12 +10,12 @@
 //! crash.
 
 use crate::localapi::http::{Request, Response};
-use ringscale_control::dnsmap::{self, SERVICE_DNS_PROXY, SERVICE_PEERAPI4, SERVICE_PEERAPI6};
 use ringscale_control::netmap::NetMap;
 use ringscale_control::prefs::Prefs;
 use ringscale_control::tailcfg::Service;
 use ringscale_control::ts2021::http1;
-use ringscale_dataplane::dns::{forward, is_quad100, wire, ResolverConfig, Upstream};
+use ringscale_dns::dnsmap::{self, SERVICE_DNS_PROXY, SERVICE_PEERAPI4, SERVICE_PEERAPI6};
+use ringscale_dns::{forward, is_quad100, wire, ResolverConfig, Upstream};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -189,6 +189,9 @@ pub fn wants_host_dns(netmap: Option<&NetMap>, prefs: &Prefs, running: bool) -> 
 
 /// Everything DNS the backend owns.
 pub struct Dns {
+    /// MagicDNS itself (None when this build has no quad-100 or it could not start).
+    #[cfg(feature = "dns")]
+    quad100: Option<ringscale_dns::quad100::Quad100>,
     host: Mutex<HostDns>,
     /// What the PeerAPI handlers read: the netmap, prefs and quad-100's configuration.
     view: Arc<Mutex<View>>,
@@ -205,11 +208,19 @@ struct View {
 }
 
 impl Dns {
-    /// `state_dir` keeps the resolv.conf backup (none for `--state=mem:`).
-    pub fn new(resolv_conf: PathBuf, state_dir: Option<&Path>) -> Dns {
+    /// Starts quad-100 on `engine`'s TUN. `state_dir` keeps the resolv.conf backup
+    /// (none for `--state=mem:`).
+    #[cfg_attr(not(feature = "dns"), allow(unused_variables))]
+    pub fn new(
+        engine: &ringscale_dataplane::Engine,
+        resolv_conf: PathBuf,
+        state_dir: Option<&Path>,
+    ) -> Dns {
         #[cfg(feature = "tls")]
-        ringscale_dataplane::dns::doh::set_https_connector(&super::doh_https::CONNECTOR);
+        ringscale_dns::doh::set_https_connector(&super::doh_https::CONNECTOR);
         Dns {
+            #[cfg(feature = "dns")]
+            quad100: start_quad100(engine, ringscale_dataplane::config::DEFAULT_MTU),
             host: Mutex::new(HostDns::open(
                 resolv_conf,
                 state_dir.map(|d| d.join(BACKUP_NAME)),
@@ -222,13 +233,7 @@ impl Dns {
     /// Follows a new netmap or prefs: quad-100's configuration, the host's resolv.conf,
     /// the PeerAPI listeners. Returns true when the advertised services changed (the
     /// control session must send the new Hostinfo).
-    pub fn update(
-        &self,
-        engine: &ringscale_dataplane::Engine,
-        netmap: Option<&Arc<NetMap>>,
-        prefs: &Prefs,
-        running: bool,
-    ) -> bool {
+    pub fn update(&self, netmap: Option<&Arc<NetMap>>, prefs: &Prefs, running: bool) -> bool {
         if !cfg!(feature = "dns") {
             // No quad-100 in this build: never point the host at it.
             return false;
@@ -258,9 +263,9 @@ impl Dns {
                     cfg.routes
                 );
                 #[cfg(feature = "dns")]
-                engine.set_dns(cfg.clone());
-                #[cfg(not(feature = "dns"))]
-                let _ = engine;
+                if let Some(q) = &self.quad100 {
+                    q.set_config(cfg.clone());
+                }
                 view.resolver = Some(cfg.clone());
             }
             view.netmap = shared.clone();
@@ -291,6 +296,22 @@ impl Dns {
     }
 }
 
+/// Starts MagicDNS. A failure costs MagicDNS, not the tunnel: it is logged and the
+/// daemon runs on.
+#[cfg(feature = "dns")]
+pub fn start_quad100(
+    engine: &ringscale_dataplane::Engine,
+    mtu: u16,
+) -> Option<ringscale_dns::quad100::Quad100> {
+    match ringscale_dns::quad100::Quad100::attach(engine, mtu) {
+        Ok(q) => Some(q),
+        Err(e) => {
+            log::error!("quad-100 (MagicDNS) not started: {e}");
+            None
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -315,7 +336,7 @@ pub fn peerapi_port(ip: IpAddr, attempt: u8) -> u16 {
     };
     let mut b = [b16[13], b16[14], b16[15]];
     b[0] = b[0].wrapping_add(attempt);
-    0x8000 | (ringscale_control::stun::crc32(&b) as u16)
+    0x8000 | (ringscale_wire::stun::crc32(&b) as u16)
 }
 
 /// A listening TCP socket on `addr` with IP_FREEBIND, so it can bind a tailnet address
@@ -325,7 +346,7 @@ fn listen_freebind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         SocketAddr::V4(_) => (libc::SOL_IP, libc::IP_FREEBIND),
         SocketAddr::V6(_) => (libc::SOL_IPV6, libc::IPV6_FREEBIND),
     };
-    let listener = std::net::TcpListener::from(ringscale_dataplane::sys::tcp_socket_for(&addr)?);
+    let listener = std::net::TcpListener::from(ringscale_sys::tcp_socket_for(&addr)?);
     let fd = listener.as_raw_fd();
     let one: libc::c_int = 1;
     for (lvl, o) in [(level, opt), (libc::SOL_SOCKET, libc::SO_REUSEADDR)] {
@@ -641,7 +662,7 @@ async fn doh_answer(
         _ => lock(view)
             .resolver
             .clone()
-            .map(|c| ringscale_dataplane::dns::Resolver::new(c).upstreams_for(&name))
+            .map(|c| ringscale_dns::Resolver::new(c).upstreams_for(&name))
             .unwrap_or_default(),
     };
     let q2 = query.clone();
@@ -651,9 +672,9 @@ async fn doh_answer(
         Ok(Ok(a)) => Some(a),
         Ok(Err(e)) => {
             log::debug!("peerapi: dns-query for {name}: {e}");
-            ringscale_dataplane::dns::resolver::servfail(&query)
+            ringscale_dns::resolver::servfail(&query)
         }
-        Err(_) => ringscale_dataplane::dns::resolver::servfail(&query),
+        Err(_) => ringscale_dns::resolver::servfail(&query),
     }
 }
 

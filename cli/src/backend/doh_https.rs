@@ -14,9 +14,9 @@
 //! built for speed (opt-level 3), and this table and lookup are cold code.
 
 use ringscale_control::netmap::NetMap;
-use ringscale_dataplane::dns::doh::{self, DohUrl, HttpsConnector, Stream};
-use ringscale_dataplane::dns::forward::query_dns_marked;
-use ringscale_dataplane::dns::{is_quad100, wire, Upstream};
+use ringscale_dns::doh::{self, DohUrl, HttpsConnector, Stream};
+use ringscale_dns::forward::query_dns_marked;
+use ringscale_dns::{is_quad100, wire, Upstream};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;

@@ -60,12 +60,12 @@ pub struct LocalBackend {
     /// quad-100's configuration, the host's resolv.conf, the PeerAPI.
     pub dns: dns::Dns,
     /// Disco, DERP and the path each peer takes (runs beside the control task).
-    pub paths: Arc<ringscale_control::paths::Paths>,
+    pub paths: Arc<ringscale_magicsock::driver::Paths>,
     /// A key for the engine while logged out, so it never runs with a registered key
     /// that control no longer knows.
     idle_key: PrivateKey,
     /// Table 52, the policy rules and netfilter (issue 8); empty while not running.
-    pub router: ringscale_dataplane::router::Router,
+    pub router: ringscale_host::Router,
 }
 
 #[derive(Debug)]
@@ -116,12 +116,12 @@ impl LocalBackend {
             (true, true) => BackendState::Starting,
         };
         let (bus, _) = broadcast::channel(256);
-        let paths = ringscale_control::paths::Paths::new(&engine);
+        let paths = ringscale_magicsock::driver::Paths::new(&engine);
         // Routes go to table 52 (the router), not main.
         if let Err(e) = engine.leave_routes_to_router() {
             log::warn!("moving routes out of the main table: {e}");
         }
-        let router = ringscale_dataplane::router::Router::new(engine.ifindex());
+        let router = ringscale_host::Router::new(engine.ifindex());
         Ok(LocalBackend {
             inner: Mutex::new(Inner {
                 store,
@@ -197,13 +197,13 @@ impl LocalBackend {
         let running = inner.prefs.want_running && inner.state == BackendState::Running;
         if self
             .dns
-            .update(&self.engine, inner.netmap.as_ref(), &inner.prefs, running)
+            .update(inner.netmap.as_ref(), &inner.prefs, running)
         {
             // New PeerAPI ports: control learns them from a lite map update.
             self.hostinfo_changed(inner);
         }
         // The host's interfaces: what "the LAN" is for an exit node and its users.
-        let host = ringscale_dataplane::router::ifaddrs::interface_addrs().unwrap_or_else(|e| {
+        let host = ringscale_sys::ifaddrs::interface_addrs().unwrap_or_else(|e| {
             log::warn!("listing interface addresses: {e}");
             Vec::new()
         });
@@ -218,7 +218,7 @@ impl LocalBackend {
                         ringscale_control::hostconfig::filter_config(nm, &inner.prefs, &host);
                     // PeerAPI checks its callers itself; Go lets it past the rules.
                     for svc in dns::advertised_services() {
-                        use ringscale_control::dnsmap::{SERVICE_PEERAPI4, SERVICE_PEERAPI6};
+                        use ringscale_dns::dnsmap::{SERVICE_PEERAPI4, SERVICE_PEERAPI6};
                         let v6 = match svc.proto.as_str() {
                             SERVICE_PEERAPI4 => false,
                             SERVICE_PEERAPI6 => true,
@@ -261,7 +261,7 @@ impl LocalBackend {
         &self,
         inner: &mut Inner,
         running: bool,
-        host: &[ringscale_dataplane::router::ifaddrs::InterfaceAddr],
+        host: &[ringscale_sys::ifaddrs::InterfaceAddr],
     ) {
         let rc = match (&inner.netmap, running) {
             (Some(nm), true) => Some(ringscale_control::hostconfig::router_config(

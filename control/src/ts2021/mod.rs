@@ -12,7 +12,7 @@ pub mod http1;
 pub mod server;
 pub mod stream;
 #[cfg(feature = "tls")]
-pub(crate) mod tls;
+pub mod tls;
 /// Blocking TLS with the control connection's roots (the DNS forwarder's https upstreams).
 #[cfg(feature = "tls")]
 pub use tls::connect_blocking as tls_connect_blocking;
@@ -44,7 +44,7 @@ pub use url::ControlUrl;
 /// always false: no funnel). It deliberately stays below 120: peers treat ≥ 121 as able to
 /// act as a peer relay, which ringscale does not implement. Raising it to 115/116 needs
 /// DERPRegion.NoMeasureNoHome in netcheck and MagicDNS AAAA records.
-pub const CAPABILITY_VERSION: u16 = 113;
+pub const CAPABILITY_VERSION: u16 = ringscale_tailcfg::CAPABILITY_VERSION as u16;
 
 /// Path of the upgrade request (`serverUpgradePath` in Go).
 pub const UPGRADE_PATH: &str = "/ts2021";

@@ -43,7 +43,7 @@ fn root_store() -> rustls::RootCertStore {
     roots
 }
 
-pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, Error> {
+pub fn client_config() -> Result<Arc<rustls::ClientConfig>, Error> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     if let Some(c) = CONFIG.get() {
         return Ok(c.clone());

@@ -16,9 +16,9 @@
 //! [`Options::hostile`] turns it into a server that answers every client with garbage
 //! or oversized frames, for the client's bad-input tests.
 
-use ringscale_control::derp::frame::{self, ClientFrame, HEADER_LEN};
-use ringscale_control::stun;
 use ringscale_dataplane::Key;
+use ringscale_magicsock::derp::frame::{self, ClientFrame, HEADER_LEN};
+use ringscale_wire::stun;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -470,7 +470,7 @@ async fn misbehave(
     how: Hostility,
 ) -> io::Result<()> {
     let mut junk = vec![0u8; 4096];
-    ringscale_dataplane::key::getrandom(&mut junk);
+    ringscale_sys::random::fill(&mut junk);
     match how {
         Hostility::OversizedFrame => {
             tcp.write_all(&[frame::SERVER_KEY, 0x01, 0x00, 0x00, 0x00])
@@ -497,7 +497,7 @@ async fn misbehave(
                 if i % 3 == 0 {
                     // Looks like disco: the magic, then junk.
                     body[..len.min(6)]
-                        .copy_from_slice(&ringscale_dataplane::disco::message::MAGIC[..len.min(6)]);
+                        .copy_from_slice(&ringscale_magicsock::disco::message::MAGIC[..len.min(6)]);
                 }
                 tcp.write_all(&frame::encode(frame::RECV_PACKET, &[&src.0, &body]))
                     .await?;

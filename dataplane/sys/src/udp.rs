@@ -1,0 +1,302 @@
+//! The WireGuard UDP socket: one dual-stack socket (IPv4 peers appear as v4-mapped
+//! IPv6 addresses on it), with large buffers so bursts are not dropped by the kernel.
+
+use super::cvt;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
+
+/// Buffer size asked for; Debian's default 208 KiB drops bursts at these rates
+/// (baselines.md: ~13 % loss for tunnels that keep the default).
+const SOCKET_BUFFER: libc::c_int = 7 << 20;
+
+fn setsockopt_int(fd: i32, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a pointer to an int of the stated size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    })
+    .map(drop)
+}
+
+/// Binds the WireGuard port on all addresses, IPv6 and IPv4 on one socket where the
+/// host has IPv6, IPv4 only otherwise.
+pub fn bind(port: u16) -> io::Result<UdpSocket> {
+    let sock = match bind_family(libc::AF_INET6, port) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => bind_family(libc::AF_INET, port)?,
+        Err(e) => return Err(e),
+    };
+    let fd = sock.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // The FORCE variants exceed net.core.*mem_max but need CAP_NET_ADMIN.
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+        }
+    }
+    Ok(sock)
+}
+
+fn bind_family(family: i32, port: u16) -> io::Result<UdpSocket> {
+    // SAFETY: plain socket(2); checked before use and owned by the UdpSocket below.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    let addr: SocketAddr = if family == libc::AF_INET6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        (Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    bind_std(fd, addr)?;
+    Ok(sock)
+}
+
+fn bind_std(fd: i32, addr: SocketAddr) -> io::Result<()> {
+    // SAFETY: sockaddr_in/sockaddr_in6 are built fully and passed with their sizes.
+    unsafe {
+        match addr {
+            SocketAddr::V4(a) => {
+                let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                sa.sin_family = libc::AF_INET as u16;
+                sa.sin_port = a.port().to_be();
+                sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                cvt(libc::bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&sa) as u32,
+                ))?;
+            }
+            SocketAddr::V6(a) => {
+                let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+                sa.sin6_family = libc::AF_INET6 as u16;
+                sa.sin6_port = a.port().to_be();
+                sa.sin6_addr.s6_addr = a.ip().octets();
+                cvt(libc::bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of_val(&sa) as u32,
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The address as peers know it: v4-mapped IPv6 addresses become plain IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// The address to send to on `sock`: IPv4 destinations become v4-mapped on a
+/// dual-stack socket.
+pub fn for_socket(sock_is_v6: bool, addr: SocketAddr) -> SocketAddr {
+    match (sock_is_v6, addr) {
+        (true, SocketAddr::V4(a)) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
+        _ => addr,
+    }
+}
+
+pub const SOL_UDP: libc::c_int = 17;
+pub const UDP_SEGMENT: libc::c_int = 103;
+pub const UDP_GRO: libc::c_int = 104;
+
+/// Binds `port` with SO_REUSEPORT so each worker can own a socket on the same port;
+/// the kernel spreads peers (4-tuples) over them, keeping each flow on one socket.
+pub fn bind_reuseport(port: u16) -> io::Result<UdpSocket> {
+    let family = if bind_family(libc::AF_INET6, 0).is_ok() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket(2); checked and then owned by the UdpSocket.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    let addr: SocketAddr = if family == libc::AF_INET6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        (Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    bind_std(fd, addr)?;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+        }
+    }
+    Ok(sock)
+}
+
+/// Asks the kernel to coalesce received datagrams of one flow (UDP GRO). Returns
+/// whether it agreed.
+pub fn enable_gro(sock: &UdpSocket) -> bool {
+    setsockopt_int(sock.as_raw_fd(), SOL_UDP, UDP_GRO, 1).is_ok()
+}
+
+/// Does this kernel segment UDP for us (UDP GSO)? Probed with a zero-length
+/// getsockopt, which fails with ENOPROTOOPT on kernels without it.
+pub fn gso_supported(sock: &UdpSocket) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for getsockopt to write.
+    unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            SOL_UDP,
+            UDP_SEGMENT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        ) == 0
+    }
+}
+
+/// A socket address in the form the kernel takes.
+pub struct RawAddr {
+    pub storage: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
+impl RawAddr {
+    pub fn from(addr: SocketAddr) -> RawAddr {
+        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+                let sa = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+                sa.sin_family = libc::AF_INET as u16;
+                sa.sin_port = a.port().to_be();
+                sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sa = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+                sa.sin6_family = libc::AF_INET6 as u16;
+                sa.sin6_port = a.port().to_be();
+                sa.sin6_addr.s6_addr = a.ip().octets();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    pub fn to_socket_addr(&self) -> Option<SocketAddr> {
+        match self.storage.ss_family as i32 {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+                let sa = unsafe { &*(&self.storage as *const _ as *const libc::sockaddr_in) };
+                let ip = std::net::Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sa.sin_port)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+                let sa = unsafe { &*(&self.storage as *const _ as *const libc::sockaddr_in6) };
+                let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+                Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(sa.sin6_port)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Sends `buf` to `to`. With `segment > 0` the kernel splits it into datagrams of
+/// `segment` bytes (the last may be shorter): one syscall for a whole batch.
+pub fn send_segmented(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    buf: &[u8],
+    segment: u16,
+) -> io::Result<usize> {
+    let mut addr = RawAddr::from(to);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut _,
+        iov_len: buf.len(),
+    };
+    // Room for one cmsg carrying a u16, aligned as CMSG_SPACE requires.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr.storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = addr.len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if segment > 0 && (buf.len() > segment as usize) {
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_* compute sizes and walk the buffer we own.
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(2) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = SOL_UDP;
+            (*cmsg).cmsg_type = UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
+        }
+    }
+    // SAFETY: `msg` is fully initialised above.
+    super::cvt_size(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) })
+}
+
+/// Receives into `buf`. Returns the length, the sender, and the segment size when
+/// the kernel coalesced several datagrams (UDP GRO); 0 means one datagram.
+pub fn recv_segmented(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut addr = RawAddr {
+        storage: unsafe { std::mem::zeroed() },
+        len: 0,
+    };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr.storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` is fully initialised above.
+    let n = super::cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) })?;
+    addr.len = msg.msg_namelen;
+    let from = addr
+        .to_socket_addr()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))?;
+    let mut segment = 0usize;
+    // SAFETY: walking the control buffer the kernel filled, bounded by msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                segment =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int) as usize;
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n, from, segment))
+}
