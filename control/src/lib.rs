@@ -6,6 +6,7 @@
 
 pub mod bypass;
 pub mod client;
+pub mod dnsmap;
 pub mod hostconfig;
 pub mod ipn;
 pub mod ipnstate;

@@ -10,11 +10,11 @@
 //! crash.
 
 use crate::localapi::http::{Request, Response};
+use ringscale_control::dnsmap::{self, SERVICE_DNS_PROXY, SERVICE_PEERAPI4, SERVICE_PEERAPI6};
 use ringscale_control::netmap::NetMap;
 use ringscale_control::prefs::Prefs;
 use ringscale_control::tailcfg::Service;
 use ringscale_control::ts2021::http1;
-use ringscale_dns::dnsmap::{self, SERVICE_DNS_PROXY, SERVICE_PEERAPI4, SERVICE_PEERAPI6};
 use ringscale_dns::{forward, is_quad100, wire, ResolverConfig, Upstream};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};

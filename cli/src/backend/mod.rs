@@ -218,7 +218,7 @@ impl LocalBackend {
                         ringscale_control::hostconfig::filter_config(nm, &inner.prefs, &host);
                     // PeerAPI checks its callers itself; Go lets it past the rules.
                     for svc in dns::advertised_services() {
-                        use ringscale_dns::dnsmap::{SERVICE_PEERAPI4, SERVICE_PEERAPI6};
+                        use ringscale_control::dnsmap::{SERVICE_PEERAPI4, SERVICE_PEERAPI6};
                         let v6 = match svc.proto.as_str() {
                             SERVICE_PEERAPI4 => false,
                             SERVICE_PEERAPI6 => true,

@@ -2,9 +2,8 @@
 //! data plane, with no kernel socket and no full netstack (protocol.md §9).
 //!
 //! * DNS messages themselves are parsed and built by `ringscale_wire::dns`;
-//! * [`dnsmap`]: what quad-100 should answer, computed from the netmap and prefs;
 //! * [`resolver`]: what quad-100 answers, from a [`ResolverConfig`] the control plane
-//!   builds from the netmap; no I/O;
+//!   builds from the netmap (ringscale-control's `dnsmap`); no I/O;
 //! * [`forward`]: sending a query to upstream resolvers (UDP with TCP retry, DoH),
 //!   blocking, on threads of its own;
 //! * [`doh`]: DNS over HTTP(S) upstreams; `https://` ones through the connector the
@@ -15,7 +14,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod dnsmap;
 pub mod doh;
 pub mod forward;
 #[cfg(feature = "quad100")]

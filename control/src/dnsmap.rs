@@ -6,11 +6,11 @@
 //!
 //! A pure function of its inputs; the daemon hands the result to the data plane.
 
-use crate::resolver::name_within;
-use crate::{is_quad100, ResolverConfig, Upstream};
-use ringscale_control::netmap::{selected_exit_node, NetMap};
-use ringscale_control::prefs::Prefs;
-use ringscale_control::tailcfg::{Node, Resolver as TsResolver};
+use crate::netmap::{selected_exit_node, NetMap};
+use crate::prefs::Prefs;
+use crate::tailcfg::{Node, Resolver as TsResolver};
+use ringscale_dns::resolver::name_within;
+use ringscale_dns::{is_quad100, ResolverConfig, Upstream};
 use std::net::{IpAddr, SocketAddr};
 
 /// Node attribute that lets MagicDNS answer AAAA for nodes that also have IPv4.
@@ -259,7 +259,7 @@ pub fn resolver_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringscale_control::tailcfg::{DnsConfig, DnsRecord, Hostinfo, IpPrefix, Service};
+    use crate::tailcfg::{DnsConfig, DnsRecord, Hostinfo, IpPrefix, Service};
     use std::collections::BTreeMap;
 
     fn pfx(s: &str) -> IpPrefix {
