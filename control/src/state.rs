@@ -1040,7 +1040,7 @@ mod tests {
     /// Not a test by itself: the writer that `kill_during_writes_leaves_a_whole_file`
     /// runs in a child process and kills with SIGKILL.
     #[test]
-    #[ignore]
+    #[ignore = "helper: the writer kill_during_writes_leaves_a_whole_file runs in a child and kills"]
     fn kill_child_writer() {
         let Some(path) = std::env::var_os("RINGSCALE_STATE_KILL_PATH") else {
             return;

@@ -1386,12 +1386,13 @@ mod tests {
         assert!(tx.runs.is_empty());
     }
 
-    /// The TUN queue against the kernel (needs root; ignored by default): in a network
-    /// namespace of its own, datagrams routed into a TUN are read one by blocking read,
-    /// the rest without waiting, in order, and an empty queue answers at once. Both ways
-    /// of not waiting: RWF_NOWAIT, and poll for kernels without it.
+    /// The TUN queue against the kernel (needs root; ignored by default, run by
+    /// tests/run.sh): in a network namespace of its own, datagrams routed into a TUN are
+    /// read one by blocking read, the rest without waiting, in order, and an empty queue
+    /// answers at once. Both ways of not waiting: RWF_NOWAIT, and poll for kernels
+    /// without it.
     #[test]
-    #[ignore = "needs root: creates a TUN device in a private network namespace"]
+    #[ignore = "needs root: creates a TUN device in a private network namespace; tests/run.sh runs it"]
     fn tun_queue_reads_what_is_queued_without_waiting() {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         // A thread of its own, so that a read that blocks cannot hang the test.

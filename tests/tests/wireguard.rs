@@ -5,9 +5,9 @@
 //!
 //! Needs root (namespaces, TUN). Every test builds its own namespaces with unique
 //! names, so the tests run in parallel. The scenarios are functions of the WireGuard
-//! implementation; the `harness_*` tests (ignored by default) run them with
-//! wireguard-go in ringscale's place to check the test bed itself:
-//! `cargo test -p ringscale-tests --test wireguard -- --ignored`.
+//! implementation; the `harness_*` tests run them with wireguard-go in ringscale's place
+//! to check the test bed itself (so that a failing ringscale test is not a test-bed bug):
+//! `cargo test -p ringscale-tests --test wireguard -- harness_`.
 
 use ringscale_tests::testbed::{self, Netns, Proc, TempDir, TestRng};
 use ringscale_tests::wgpeer::{addr::*, Impl, NodeConf, Pair, WgNode};
@@ -149,7 +149,6 @@ fn ringscale_pair_carries_ipv4_ipv6_and_100mb_tcp() {
 }
 
 #[test]
-#[ignore = "checks the test bed against wireguard-go on both ends; run with --ignored"]
 fn harness_wireguard_go_pair_traffic() {
     pair_traffic(Impl::WireguardGo);
 }
@@ -287,7 +286,6 @@ fn interop_wireguard_go_restarts_and_ringscale_rehandshakes() {
 }
 
 #[test]
-#[ignore = "checks the test bed against wireguard-go on both ends; run with --ignored"]
 fn harness_wireguard_go_peer_restart() {
     peer_restart(Impl::WireguardGo);
 }
@@ -782,7 +780,6 @@ fn hostile_datagrams_on_the_wireguard_port_are_harmless() {
 }
 
 #[test]
-#[ignore = "checks the test bed against wireguard-go on both ends; run with --ignored"]
 fn harness_wireguard_go_bad_input() {
     bad_input(Impl::WireguardGo);
 }

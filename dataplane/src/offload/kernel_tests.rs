@@ -1,5 +1,5 @@
-//! The offload code against the real kernel (needs root; ignored by default):
-//! `cargo test -p ringscale-dataplane offload::kernel_tests -- --ignored`.
+//! The offload code against the real kernel (needs root; ignored by default, run by
+//! tests/run.sh): `cargo test -p ringscale-dataplane offload::kernel_tests -- --ignored`.
 //!
 //! The test thread moves into a network namespace of its own (`unshare(CLONE_NEWNET)`
 //! affects only the calling thread; the `ip`/`sysctl` it spawns inherit it), so nothing
@@ -134,7 +134,7 @@ fn coalesce_one(c: &mut Coalescer, pkts: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs root: creates TUN devices in a private network namespace"]
+#[ignore = "needs root: creates TUN devices in a private network namespace; tests/run.sh runs it"]
 fn kernel_agrees_with_segmentation_and_coalescing() {
     // SAFETY: unshare only changes this thread's namespaces.
     assert_eq!(

@@ -138,7 +138,7 @@ fn mixed_batch_of_two_super_packets_and_strays() {
 /// Rough cost per packet of each path. Run with
 /// `cargo test -p ringscale-dataplane --release offload::roundtrip_tests::bench -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a timing measurement, not a test: it prints costs and checks nothing; run by hand"]
 fn bench_segment_and_coalesce() {
     use std::time::Instant;
     let mut rng = Rng::new(45);
