@@ -847,6 +847,8 @@ pub fn network_to_tun(
         let (n, from, seg) = match udp::recv_segmented(sock, &mut recv) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Woken to stop (the socket was shut): not an error worth a line.
+            Err(_) if stop.load(Ordering::Relaxed) => return,
             Err(e) => {
                 // ICMP-induced errors and the like must not stop the receive path.
                 log::debug!("udp receive: {e}");

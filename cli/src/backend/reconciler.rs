@@ -235,6 +235,42 @@ impl LinuxHost {
     }
 }
 
+impl LinuxHost {
+    fn apply_engine(&mut self, cfg: Config, errors: &mut Vec<String>) {
+        if self.engine_config.as_ref() == Some(&cfg) {
+            return;
+        }
+        match self.engine.reconfigure(&cfg) {
+            Ok(()) => {
+                log::debug!(
+                    "data plane: {} peers, {} addresses",
+                    cfg.peers.len(),
+                    cfg.addresses.len()
+                );
+                self.engine_config = Some(cfg);
+            }
+            Err(e) => {
+                log::error!("applying the netmap to the data plane: {e}");
+                errors.push(e.to_string());
+                // Unknown state: the next configuration is applied in full.
+                self.engine_config = None;
+            }
+        }
+    }
+
+    fn apply_dns(&mut self, wanted: &HostDnsWanted) {
+        if let Err(e) = self.dns.apply(wanted) {
+            log::warn!("dns: host configuration: {e}");
+        }
+    }
+
+    fn apply_router(&mut self, rc: Option<RouterConfig>, errors: &mut Vec<String>) {
+        if let Err(e) = self.router.set(rc.as_ref()) {
+            errors.push(format!("host configuration: {e}"));
+        }
+    }
+}
+
 impl Host for LinuxHost {
     fn apply(&mut self, desired: &Desired) -> Vec<String> {
         let mut errors = Vec::new();
@@ -246,29 +282,6 @@ impl Host for LinuxHost {
         let Some(cfg) = self.engine_config(desired, &host) else {
             return errors;
         };
-        // The engine first: it is quick (a table swap and a few netlink requests), so
-        // new peers do not wait for netfilter.
-        if self.engine_config.as_ref() != Some(&cfg) {
-            match self.engine.reconfigure(&cfg) {
-                Ok(()) => {
-                    log::debug!(
-                        "data plane: {} peers, {} addresses",
-                        cfg.peers.len(),
-                        cfg.addresses.len()
-                    );
-                    self.engine_config = Some(cfg);
-                }
-                Err(e) => {
-                    log::error!("applying the netmap to the data plane: {e}");
-                    errors.push(e.to_string());
-                    // Unknown state: the next configuration is applied in full.
-                    self.engine_config = None;
-                }
-            }
-        }
-        if let Err(e) = self.dns.apply(&desired.dns) {
-            log::warn!("dns: host configuration: {e}");
-        }
         let rc: Option<RouterConfig> = desired.netmap.as_ref().map(|nm| {
             ringscale_control::hostconfig::router_config(
                 nm,
@@ -278,8 +291,18 @@ impl Host for LinuxHost {
                 self.engine.port(),
             )
         });
-        if let Err(e) = self.router.set(rc.as_ref()) {
-            errors.push(format!("host configuration: {e}"));
+        if rc.is_some() {
+            // Up or changing: the engine first, as it is quick (a table swap and a few
+            // netlink requests), so new peers wait neither for netfilter nor for
+            // routes that send traffic to them.
+            self.apply_engine(cfg, &mut errors);
+            self.apply_dns(&desired.dns);
+            self.apply_router(rc, &mut errors);
+        } else {
+            // Going down: stop sending traffic into the tunnel before its peers go.
+            self.apply_dns(&desired.dns);
+            self.apply_router(rc, &mut errors);
+            self.apply_engine(cfg, &mut errors);
         }
         errors
     }
