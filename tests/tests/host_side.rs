@@ -89,6 +89,7 @@ fn cli(d: &Daemon, args: &[&str]) -> (std::process::Output, Duration) {
 /// [`STATUS_BOUND`].
 fn assert_status_quick(d: &Daemon, peer: &str, when: &str) {
     let (out, took) = cli(d, &["status"]);
+    eprintln!("{when}: `tailscale status` answered in {took:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains(peer),
@@ -103,10 +104,14 @@ fn assert_status_quick(d: &Daemon, peer: &str, when: &str) {
 }
 
 /// The stand-in `nft` in `dir`: every transaction (`nft -f -`) while `dir/armed`
-/// exists is appended to `dir/transactions`; the first of them also goes to
-/// `dir/entered/script` and waits [`NFT_STALL`] (then `dir/left` appears) before the
-/// real `nft` runs it. Everything else goes straight to the real `nft`.
+/// exists is appended to `dir/transactions`; the first of them that rebuilds the IPv4
+/// input chain without the CGNAT drop rule (what the netmap with
+/// `disable-linux-cgnat-drop-rule` asks for) also goes to `dir/stalled`, and once
+/// `dir/entered` appears it waits [`NFT_STALL`] (then `dir/left` appears) before the
+/// real `nft` runs it.
+/// Everything else goes straight to the real `nft`.
 fn write_slow_nft(dir: &Path) {
+    std::fs::write(dir.join("cgnat"), CGNAT_DROP).expect("write the pattern");
     let real = testbed::sh("command -v nft");
     let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
     assert!(!real.is_empty(), "nft is not installed");
@@ -116,8 +121,11 @@ fn write_slow_nft(dir: &Path) {
 if [ "$1" = "-f" ] && [ -e {d}/armed ]; then
     tx=$(cat)
     printf '%s\n=====\n' "$tx" >> {d}/transactions
-    if mkdir {d}/entered 2>/dev/null; then
-        printf '%s\n' "$tx" > {d}/entered/script
+    if printf '%s\n' "$tx" | grep -q '^add rule ip filter ts-input' \
+        && ! printf '%s\n' "$tx" | grep -qF -f {d}/cgnat \
+        && mkdir {d}/claimed 2>/dev/null; then
+        printf '%s\n' "$tx" > {d}/stalled
+        : > {d}/entered
         sleep {stall}
         : > {d}/left
     fi
@@ -194,7 +202,8 @@ fn a_slow_nft_stalls_neither_the_localapi_nor_the_tailnet() {
         .unwrap();
     let entered = nft_dir.path.join("entered");
     alpha.wait_log("the stand-in nft entered", STEP, |_| entered.exists());
-    let stalled = std::fs::read_to_string(entered.join("script")).unwrap_or_default();
+    let stall_start = Instant::now();
+    let stalled = std::fs::read_to_string(nft_dir.path.join("stalled")).unwrap_or_default();
     assert!(
         stalled.contains("ts-input") && !stalled.contains(CGNAT_DROP),
         "the stalled transaction is not the one for the new netmap:\n{stalled}"
@@ -246,6 +255,10 @@ fn a_slow_nft_stalls_neither_the_localapi_nor_the_tailnet() {
     });
     assert_eq!(report.bytes_received, 16 * MB);
     assert_eq!(report.sha256_sent, report.sha256_received);
+    eprintln!(
+        "checks done {:?} into the {NFT_STALL:?} stall",
+        stall_start.elapsed()
+    );
     assert!(
         !nft_dir.path.join("left").exists(),
         "the stand-in nft finished before the checks above did; they did not run while \
