@@ -1,7 +1,9 @@
 //! The daemon's backend (Go's LocalBackend): one place that owns the prefs, the login,
 //! the state file, the netmap and the engine, and the control task that keeps the node
 //! registered and its netmap current. The LocalAPI reads and edits it; the control task
-//! ([`control_loop`]) runs the protocol steps from `ringscale_control::client`.
+//! ([`control_loop`]) runs the protocol steps from `ringscale_control::client`. What
+//! the netmap and prefs mean for the host (engine, routes, rules, netfilter, resolv.conf)
+//! is applied by the [`reconciler`] thread; nothing here waits for it.
 
 pub mod api;
 pub mod control_loop;

@@ -280,6 +280,8 @@ impl Host for LinuxHost {
             Vec::new()
         });
         let Some(cfg) = self.engine_config(desired, &host) else {
+            // The engine and the routes keep the last good netmap's configuration.
+            self.apply_dns(&desired.dns);
             return errors;
         };
         let rc: Option<RouterConfig> = desired.netmap.as_ref().map(|nm| {
