@@ -43,6 +43,9 @@ pub struct Engine {
     table: Arc<TableSlot>,
     tun_name: String,
     ifindex: u32,
+    /// The TUN was made persistent by someone else before we attached (`ip tuntap
+    /// add`): it stays when we stop, as it was there before us.
+    tun_persistent: bool,
     port: u16,
     offloads: Offloads,
     backend: IoBackend,
@@ -169,6 +172,7 @@ impl Engine {
         #[cfg_attr(not(feature = "dns"), allow(unused_mut))]
         let mut engine = Engine {
             table: Arc::new(Mutex::new(Arc::new(PeerTable::new(cfg, None)))),
+            tun_persistent: tun_is_persistent(&name),
             tun_name: name,
             ifindex,
             port,
@@ -270,8 +274,20 @@ impl Engine {
         for s in &threads.sockets {
             udp::shutdown_receive(s);
         }
-        // Deleting the interface fails every blocked read on its queues.
-        if let Err(e) = netlink::del_link(self.ifindex) {
+        // Deleting the interface fails every blocked read on its queues. A persistent
+        // TUN is left in place: epoll workers blocked reading it then end only with
+        // the process.
+        if self.tun_persistent {
+            log::info!("{} is persistent; leaving it in place", self.tun_name);
+            // Without what we put on it.
+            let mut host = self.host.lock();
+            for a in std::mem::take(&mut host.addresses) {
+                let _ = netlink::del_address(self.ifindex, a);
+            }
+            for r in std::mem::take(&mut host.routes) {
+                let _ = netlink::del_route(self.ifindex, r, netlink::TABLE_MAIN);
+            }
+        } else if let Err(e) = netlink::del_link(self.ifindex) {
             log::warn!("deleting {}: {e}", self.tun_name);
         }
         let end = Instant::now() + STOP_TIMEOUT;
@@ -289,7 +305,7 @@ impl Engine {
         if left > 0 {
             log::warn!("{left} data-plane threads did not stop within {STOP_TIMEOUT:?}");
         }
-        log::info!("wireguard: {} stopped and removed", self.tun_name);
+        log::info!("wireguard: {} stopped", self.tun_name);
     }
 
     pub fn tun_name(&self) -> &str {
@@ -471,6 +487,15 @@ impl Engine {
         host.routes = wanted;
         Ok(())
     }
+}
+
+/// Whether the TUN device `name` has IFF_PERSIST (it outlives its queues' descriptors).
+fn tun_is_persistent(name: &str) -> bool {
+    const IFF_PERSIST: u32 = 0x0800;
+    std::fs::read_to_string(format!("/sys/class/net/{name}/tun_flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & IFF_PERSIST != 0)
 }
 
 #[cfg(feature = "io-uring")]
