@@ -124,8 +124,10 @@ fn run_wg_config(path: &str, flags: &goflag::Parsed, port: u16, opts: EngineOpti
     log::info!("signal {sig}: shutting down");
     #[cfg(feature = "dns")]
     drop(quad100);
-    // The TUN device, its addresses and routes go with the process.
+    // Stops and joins the workers and timers, and deletes the TUN device with its
+    // addresses and routes.
     drop(engine);
+    log::info!("stopped");
     ExitCode::SUCCESS
 }
 
@@ -171,18 +173,21 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
         filter: None,
     };
     let engine = match Engine::start(&idle, flags.str("tun"), port, opts) {
-        Ok(e) => e,
+        Ok(e) => Arc::new(e),
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(1);
         }
     };
-    let dns = crate::backend::dns::Dns::new(
-        &engine,
+    // `state_dir` keeps the resolv.conf backup (none for `--state=mem:`).
+    let host_dns = crate::backend::dns::HostDns::open(
         crate::backend::dns::RESOLV_CONF.into(),
-        paths.var_root.as_deref(),
+        paths
+            .var_root
+            .as_deref()
+            .map(|d| d.join(crate::backend::dns::BACKUP_NAME)),
     );
-    let backend = match LocalBackend::new(store, engine, paths.ephemeral(), dns) {
+    let backend = match LocalBackend::new(store, engine.clone(), paths.ephemeral(), host_dns) {
         Ok(b) => Arc::new(b),
         Err(e) => {
             log::error!("{e}");
@@ -206,6 +211,9 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
         }
     };
     let b = backend.clone();
+    // Ends the control thread's runtime (and with it every task on it).
+    let stop_control = Arc::new(tokio::sync::Notify::new());
+    let stop = stop_control.clone();
     let control = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -227,17 +235,33 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
                     log::error!("LocalAPI: {e}");
                 }
             });
-            rt.block_on(local);
+            rt.block_on(local.run_until(stop.notified()));
+            // The tasks (LocalAPI connections, the control session, PeerAPI) go
+            // first, then the runtime; a blocking task still running (an ICMP ping,
+            // a DoH lookup, each bounded by its own timeout) is not waited for.
+            drop(local);
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
         });
-    if let Err(e) = control {
-        log::error!("starting the control thread: {e}");
-        return ExitCode::from(1);
-    }
+    let control = match control {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("starting the control thread: {e}");
+            return ExitCode::from(1);
+        }
+    };
     log::info!("{} started", crate::VERSION);
     let sig = wait_for(&signals);
     log::info!("signal {sig}: shutting down");
-    backend.dns.shutdown();
+    // In order: nothing new arrives (control, LocalAPI), the host is put back
+    // (rules, table 52, netfilter, resolv.conf), the data plane stops and its TUN
+    // goes.
+    stop_control.notify_one();
+    if control.join().is_err() {
+        log::error!("the control thread panicked");
+    }
     backend.shutdown_host();
+    engine.stop();
+    log::info!("stopped");
     ExitCode::SUCCESS
 }
 

@@ -12,7 +12,9 @@ use ringscale_sys::tun::{Tun, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TU
 use ringscale_sys::{netlink, udp};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How the data plane runs; the defaults are what a router wants.
@@ -41,13 +43,14 @@ pub struct Engine {
     table: Arc<TableSlot>,
     tun_name: String,
     ifindex: u32,
+    /// The TUN was made persistent by someone else before we attached (`ip tuntap
+    /// add`): it stays when we stop, as it was there before us.
+    tun_persistent: bool,
     port: u16,
     offloads: Offloads,
     backend: IoBackend,
-    /// The io_uring workers, stopped (cleanly, before the TUN goes) when the engine is
-    /// dropped.
-    #[cfg(feature = "io-uring")]
-    _uring: Option<crate::uring::Workers>,
+    /// The worker and timer threads, stopped by [`Engine::stop`] (and on drop).
+    threads: Mutex<Threads>,
     /// What we put on the host, so a new configuration changes only the difference.
     host: Mutex<HostState>,
     /// For the control thread: the WireGuard port's socket (disco and STUN must leave
@@ -64,6 +67,29 @@ struct OffPathIo {
     /// The TUN expects a virtio_net_hdr in front of every write.
     tun_vnet_hdr: bool,
 }
+
+/// The engine's threads and what wakes each of them to stop.
+#[derive(Default)]
+struct Threads {
+    /// Set when stopping; the epoll workers end at their next wake-up.
+    stop: Arc<AtomicBool>,
+    /// Dropped to stop the timer thread: its wait between ticks ends at once.
+    timer_stop: Option<mpsc::Sender<()>>,
+    /// The workers' sockets, shut for reading on stop to wake their receivers.
+    sockets: Vec<UdpSocket>,
+    /// Epoll workers and the timer thread.
+    handles: Vec<JoinHandle<()>>,
+    /// The io_uring workers: they stop through their own eventfd, cleanly (their
+    /// requests cancelled) before the TUN goes.
+    #[cfg(feature = "io-uring")]
+    uring: Option<crate::uring::Workers>,
+    stopped: bool,
+}
+
+/// How long [`Engine::stop`] waits for its threads before leaving the rest to exit
+/// with the process (a thread that ignores its wake-up is a bug, not a reason to hang
+/// the daemon's shutdown).
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct HostState {
@@ -140,16 +166,15 @@ impl Engine {
         offloads.udp_gso = opts.offload && udp::gso_supported(&socks[0]);
         offloads.udp_gro = opts.offload && socks.iter().all(udp::enable_gro);
 
-        #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
-        let mut engine = Engine {
+        let engine = Engine {
             table: Arc::new(Mutex::new(Arc::new(PeerTable::new(cfg, None)))),
+            tun_persistent: tun_is_persistent(&name),
             tun_name: name,
             ifindex,
             port,
             offloads,
             backend,
-            #[cfg(feature = "io-uring")]
-            _uring: None,
+            threads: Mutex::new(Threads::default()),
             host: Mutex::new(HostState::default()),
             off_path: OffPathIo {
                 udp: socks[0].try_clone()?,
@@ -161,35 +186,48 @@ impl Engine {
         engine.apply_host(cfg)?;
 
         let timer_sock = socks[0].try_clone()?;
+        // Threads go into `engine.threads` as they start, so that a failure half-way
+        // stops those already running (through the engine's drop).
+        let mut threads = engine.threads.lock();
+        let stop = threads.stop.clone();
         #[cfg(feature = "io-uring")]
-        let mut uring = match backend {
-            IoBackend::IoUring => Some(crate::uring::Workers::new()?),
-            _ => None,
-        };
+        if backend == IoBackend::IoUring {
+            threads.uring = Some(crate::uring::Workers::new()?);
+        }
         for (i, (tun, sock)) in queues.into_iter().zip(socks).enumerate() {
+            threads.sockets.push(sock.try_clone()?);
             #[cfg(feature = "io-uring")]
-            if let Some(w) = uring.as_mut() {
+            if let Some(w) = threads.uring.as_mut() {
                 w.spawn(i, engine.table.clone(), tun, sock, offloads)?;
                 continue;
             }
             let (tun_rx, sock_rx) = (tun.try_clone()?, sock.try_clone()?);
-            let slot = engine.table.clone();
-            std::thread::Builder::new()
-                .name(format!("tun-to-net-{i}"))
-                .spawn(move || worker::tun_to_network(&slot, &tun, &sock, offloads))?;
-            let slot = engine.table.clone();
-            std::thread::Builder::new()
-                .name(format!("net-to-tun-{i}"))
-                .spawn(move || worker::network_to_tun(&slot, &tun_rx, &sock_rx, offloads))?;
-        }
-        #[cfg(feature = "io-uring")]
-        {
-            engine._uring = uring;
+            let (slot, stop_tx) = (engine.table.clone(), stop.clone());
+            threads.handles.push(
+                std::thread::Builder::new()
+                    .name(format!("tun-to-net-{i}"))
+                    .spawn(move || {
+                        worker::tun_to_network(&slot, &tun, &sock, offloads, &stop_tx)
+                    })?,
+            );
+            let (slot, stop_rx) = (engine.table.clone(), stop.clone());
+            threads.handles.push(
+                std::thread::Builder::new()
+                    .name(format!("net-to-tun-{i}"))
+                    .spawn(move || {
+                        worker::network_to_tun(&slot, &tun_rx, &sock_rx, offloads, &stop_rx)
+                    })?,
+            );
         }
         let slot = engine.table.clone();
-        std::thread::Builder::new()
-            .name("timers".into())
-            .spawn(move || timer_loop(&slot, &timer_sock))?;
+        let (timer_stop, timer_wait) = mpsc::channel();
+        threads.timer_stop = Some(timer_stop);
+        threads.handles.push(
+            std::thread::Builder::new()
+                .name("timers".into())
+                .spawn(move || timer_loop(&slot, &timer_sock, &timer_wait))?,
+        );
+        drop(threads);
         log::info!(
             "wireguard: {} up, mtu {}, udp port {}, {} peers, {workers} workers ({backend}), offloads {:?}, cipher {}",
             engine.tun_name,
@@ -204,6 +242,62 @@ impl Engine {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Stops the data plane and removes its interface: the workers and the timer
+    /// thread are woken and joined (at most [`STOP_TIMEOUT`]), and the TUN device is
+    /// deleted, with its addresses and routes, even while other handles on it (the
+    /// off path's, quad-100's) are still open. Nothing is forwarded afterwards. Called
+    /// again, or on drop after it, it does nothing.
+    pub fn stop(&self) {
+        let mut threads = self.threads.lock();
+        if std::mem::replace(&mut threads.stopped, true) {
+            return;
+        }
+        threads.stop.store(true, Ordering::Relaxed);
+        threads.timer_stop = None;
+        // io_uring workers first, through their eventfd: they cancel what is in flight
+        // and close their queues themselves. A worker that fell back to blocking
+        // syscalls is woken by what follows.
+        #[cfg(feature = "io-uring")]
+        if let Some(mut w) = threads.uring.take() {
+            w.stop(STOP_TIMEOUT / 2);
+        }
+        for s in &threads.sockets {
+            udp::shutdown_receive(s);
+        }
+        // Deleting the interface fails every blocked read on its queues. A persistent
+        // TUN is left in place: epoll workers blocked reading it then end only with
+        // the process.
+        if self.tun_persistent {
+            log::info!("{} is persistent; leaving it in place", self.tun_name);
+            // Without what we put on it.
+            let mut host = self.host.lock();
+            for a in std::mem::take(&mut host.addresses) {
+                let _ = netlink::del_address(self.ifindex, a);
+            }
+            for r in std::mem::take(&mut host.routes) {
+                let _ = netlink::del_route(self.ifindex, r, netlink::TABLE_MAIN);
+            }
+        } else if let Err(e) = netlink::del_link(self.ifindex) {
+            log::warn!("deleting {}: {e}", self.tun_name);
+        }
+        let end = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < end && threads.handles.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut left = 0;
+        for t in std::mem::take(&mut threads.handles) {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            log::warn!("{left} data-plane threads did not stop within {STOP_TIMEOUT:?}");
+        }
+        log::info!("wireguard: {} stopped", self.tun_name);
     }
 
     pub fn tun_name(&self) -> &str {
@@ -367,6 +461,15 @@ impl Engine {
     }
 }
 
+/// Whether the TUN device `name` has IFF_PERSIST (it outlives its queues' descriptors).
+fn tun_is_persistent(name: &str) -> bool {
+    const IFF_PERSIST: u32 = 0x0800;
+    std::fs::read_to_string(format!("/sys/class/net/{name}/tun_flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & IFF_PERSIST != 0)
+}
+
 #[cfg(feature = "io-uring")]
 fn uring_probe() -> Result<(), String> {
     crate::uring::probe()
@@ -396,12 +499,18 @@ fn routes_for(cfg: &Config) -> Vec<IpNetwork> {
     routes
 }
 
-fn timer_loop(slot: &TableSlot, sock: &UdpSocket) {
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// WireGuard's timers every 250 ms, until `stop`'s sender is dropped.
+fn timer_loop(slot: &TableSlot, sock: &UdpSocket, stop: &mpsc::Receiver<()>) {
     let is_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut out = vec![0u8; MIN_OUT_BUF.max(1500)];
     let mut last_reset = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(250)) {
         let table = slot.lock().clone();
         table.tick(&mut out, &mut |e| {
             if let Emit::Network(to, wire) = e {

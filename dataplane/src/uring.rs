@@ -38,6 +38,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -165,6 +166,9 @@ pub fn probe() -> Result<(), String> {
 pub struct Workers {
     /// An eventfd every worker polls; written to stop them.
     stop: OwnedFd,
+    /// Set with the eventfd, for a worker that fell back to blocking syscalls (those
+    /// end when the engine wakes them: it shuts their socket and deletes the TUN).
+    stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -175,6 +179,7 @@ impl Workers {
         Ok(Workers {
             // SAFETY: a fresh descriptor nobody else owns.
             stop: unsafe { OwnedFd::from_raw_fd(fd) },
+            stopping: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
         })
     }
@@ -191,9 +196,10 @@ impl Workers {
         off: Offloads,
     ) -> io::Result<()> {
         let stop = self.stop.try_clone()?;
+        let stopping = self.stopping.clone();
         let handle = std::thread::Builder::new()
             .name(format!("uring-{index}"))
-            .spawn(move || run(&slot, tun, sock, stop, off))?;
+            .spawn(move || run(&slot, tun, sock, stop, &stopping, off))?;
         self.threads.push(handle);
         Ok(())
     }
@@ -202,6 +208,7 @@ impl Workers {
     /// fell back to blocking syscalls cannot be stopped this way; it ends with the
     /// process).
     pub fn stop(&mut self, timeout: Duration) {
+        self.stopping.store(true, Ordering::Relaxed);
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a local array to our eventfd.
         let _ = unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
@@ -226,7 +233,14 @@ impl Drop for Workers {
 /// A worker thread: builds its ring (the ring belongs to the thread that made it) and
 /// runs; should the ring fail here after the probe succeeded, the worker falls back to
 /// blocking syscalls rather than stop.
-fn run(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, stop: OwnedFd, off: Offloads) {
+fn run(
+    slot: &Arc<TableSlot>,
+    tun: Tun,
+    sock: UdpSocket,
+    stop: OwnedFd,
+    stopping: &Arc<AtomicBool>,
+    off: Offloads,
+) {
     let ring = match new_ring() {
         Ok(r) => r,
         Err(e) => {
@@ -235,7 +249,7 @@ fn run(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, stop: OwnedFd, off: Off
                 tun.name(),
                 setup_error(&e)
             );
-            fallback(slot, tun, sock, off);
+            fallback(slot, tun, sock, off, stopping);
             return;
         }
     };
@@ -249,8 +263,15 @@ fn run(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, stop: OwnedFd, off: Off
     w.run(slot);
 }
 
-/// The epoll backend's two threads for this worker's queue and socket.
-fn fallback(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, off: Offloads) {
+/// The epoll backend's two threads for this worker's queue and socket; returns when
+/// both have ended.
+fn fallback(
+    slot: &Arc<TableSlot>,
+    tun: Tun,
+    sock: UdpSocket,
+    off: Offloads,
+    stopping: &Arc<AtomicBool>,
+) {
     let (tun2, sock2) = match (tun.try_clone(), sock.try_clone()) {
         (Ok(t), Ok(s)) => (t, s),
         _ => {
@@ -259,13 +280,17 @@ fn fallback(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, off: Offloads) {
         }
     };
     let slot2 = slot.clone();
+    let stopping2 = stopping.clone();
     let spawned = std::thread::Builder::new()
         .name("tun-to-net-fallback".into())
-        .spawn(move || worker::tun_to_network(&slot2, &tun2, &sock2, off));
-    if let Err(e) = spawned {
+        .spawn(move || worker::tun_to_network(&slot2, &tun2, &sock2, off, &stopping2));
+    if let Err(e) = &spawned {
         log::error!("cannot start a fallback thread: {e}");
     }
-    worker::network_to_tun(slot, &tun, &sock, off);
+    worker::network_to_tun(slot, &tun, &sock, off, stopping);
+    if let Ok(t) = spawned {
+        let _ = t.join();
+    }
 }
 
 /// The message header and what it points at for one SENDMSG in flight.

@@ -33,6 +33,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Largest UDP payload one GSO send may carry (IPv4 limit, less headers).
@@ -650,9 +651,15 @@ impl Transmit for SyscallTx<'_> {
 /// [`Encryptor`] run, sent when the batch ends, so small packets (no TSO: one per read)
 /// that arrived together leave in one UDP GSO send instead of one sendmsg each, as on
 /// the io_uring backend. The thread waits only in that first read, inside the kernel,
-/// and ends when a read fails for good (the TUN went away); otherwise it ends with the
-/// process, as before.
-pub fn tun_to_network(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloads) {
+/// and ends when a read fails for good: the TUN went away, which is also how the
+/// engine stops it (it sets `stop` and deletes the interface).
+pub fn tun_to_network(
+    slot: &TableSlot,
+    tun: &Tun,
+    sock: &UdpSocket,
+    off: Offloads,
+    stop: &AtomicBool,
+) {
     let mut tx = SyscallTx {
         sock,
         is_v6: sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false),
@@ -660,7 +667,9 @@ pub fn tun_to_network(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloa
         gso: off.udp_gso,
     };
     let e = encrypt_batches(&mut TunQueue::new(tun), slot, off.tun_tso, &mut tx);
-    log::error!("read from {}: {e}; packet path stopped", tun.name());
+    if !stop.load(Ordering::Relaxed) {
+        log::error!("read from {}: {e}; packet path stopped", tun.name());
+    }
 }
 
 /// Most TUN reads in one batch: as many datagrams as one GSO send takes, so small
@@ -820,16 +829,26 @@ fn encrypt_batch(
 }
 
 /// Network → TUN on a blocking thread: receive GRO batches, decrypt, coalesce, write.
-pub fn network_to_tun(slot: &TableSlot, tun: &Tun, sock: &UdpSocket, off: Offloads) {
+/// Ends once `stop` is set; the engine then shuts the socket for reading
+/// ([`udp::shutdown_receive`]) so that a receive waiting for a datagram returns.
+pub fn network_to_tun(
+    slot: &TableSlot,
+    tun: &Tun,
+    sock: &UdpSocket,
+    off: Offloads,
+    stop: &AtomicBool,
+) {
     let is_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut recv = vec![0u8; MAX_PACKET];
     let mut dec = Decryptor::new(off.tun_uso);
     let mut out = vec![0u8; RX_OUT_BUFFER];
     let mut writes: Vec<Range<usize>> = Vec::with_capacity(GSO_MAX_SEGMENTS);
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         let (n, from, seg) = match udp::recv_segmented(sock, &mut recv) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Woken to stop (the socket was shut): not an error worth a line.
+            Err(_) if stop.load(Ordering::Relaxed) => return,
             Err(e) => {
                 // ICMP-induced errors and the like must not stop the receive path.
                 log::debug!("udp receive: {e}");

@@ -236,6 +236,8 @@ pub struct Daemon {
     pub verbose: u8,
     /// Environment for the daemon on top of the test's.
     pub env: Vec<(String, String)>,
+    /// Further daemon flags (e.g. `--io epoll`).
+    pub args: Vec<String>,
     /// Pass `--config` (set by [`Daemon::write_config`]).
     pub with_config: bool,
     /// When dropped while running: SIGTERM, so the daemon cleans up as on a normal
@@ -257,6 +259,7 @@ impl Daemon {
             state_file: PathBuf::new(),
             verbose: 1,
             env: Vec::new(),
+            args: Vec::new(),
             with_config: false,
             terminate_on_drop: false,
             runs: 0,
@@ -347,6 +350,7 @@ impl Daemon {
             .arg(self.socket())
             .args(["--tun", TUN, "--port", &WG_PORT.to_string()])
             .args(["--verbose", &self.verbose.to_string()])
+            .args(&self.args)
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
         self.proc = Some(Proc::spawn(cmd));

@@ -52,11 +52,13 @@ impl Backend for Arc<LocalBackend> {
             tun: true,
             state: inner.state,
             auth_url: &inner.auth_url,
-            health: if inner.last_error.is_empty() {
-                Vec::new()
-            } else {
-                vec![inner.last_error.clone()]
-            },
+            // The control session's error, and the host's as of the last state the
+            // reconciler applied.
+            health: (!inner.last_error.is_empty())
+                .then(|| inner.last_error.clone())
+                .into_iter()
+                .chain(self.reconciler.status().errors)
+                .collect(),
             have_node_key: inner.prefs.node_private_key().is_some(),
             in_poll_netmap: inner.state == BackendState::Running,
             os: "linux",

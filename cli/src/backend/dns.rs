@@ -187,12 +187,15 @@ pub fn wants_host_dns(netmap: Option<&NetMap>, prefs: &Prefs, running: bool) -> 
 // ---------------------------------------------------------------------------
 // The daemon's DNS state
 
-/// Everything DNS the backend owns.
+/// Everything DNS the backend owns, except the host's resolv.conf ([`HostDns`]), which
+/// belongs to the reconciler thread (`super::reconciler`): [`Dns::update`] only says
+/// what it should be.
 pub struct Dns {
     /// MagicDNS itself (None when this build has no quad-100 or it could not start).
     #[cfg(feature = "dns")]
     quad100: Option<ringscale_dns::quad100::Quad100>,
-    host: Mutex<HostDns>,
+    /// The nameservers the host had before ringscale (quad-100 forwards to them).
+    original_nameservers: Vec<IpAddr>,
     /// What the PeerAPI handlers read: the netmap, prefs and quad-100's configuration.
     view: Arc<Mutex<View>>,
     peerapi: Mutex<PeerApiState>,
@@ -207,47 +210,69 @@ struct View {
     resolver: Option<ResolverConfig>,
 }
 
+/// What the host's resolv.conf should be after a [`Dns::update`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostDnsWanted {
+    /// Pointing at quad-100, with these search domains.
+    Quad100 { search: Vec<String> },
+    /// As it was before ringscale.
+    Original,
+}
+
+/// What a [`Dns::update`] asks of its caller.
+pub struct DnsUpdate {
+    /// The advertised services changed: the control session must send the new
+    /// Hostinfo.
+    pub services_changed: bool,
+    pub host: HostDnsWanted,
+}
+
+impl HostDns {
+    /// Brings the file to `wanted`.
+    pub fn apply(&mut self, wanted: &HostDnsWanted) -> io::Result<()> {
+        match wanted {
+            HostDnsWanted::Quad100 { search } => self.set(search),
+            HostDnsWanted::Original => self.restore(),
+        }
+    }
+}
+
 impl Dns {
-    /// Starts quad-100 on `engine`'s TUN. `state_dir` keeps the resolv.conf backup
-    /// (none for `--state=mem:`).
+    /// Starts quad-100 on `engine`'s TUN. `host` is the resolv.conf as found at start
+    /// (read only here, for the nameservers quad-100 forwards to).
     #[cfg_attr(not(feature = "dns"), allow(unused_variables))]
-    pub fn new(
-        engine: &ringscale_dataplane::Engine,
-        resolv_conf: PathBuf,
-        state_dir: Option<&Path>,
-    ) -> Dns {
+    pub fn new(engine: &ringscale_dataplane::Engine, host: &HostDns) -> Dns {
         #[cfg(feature = "tls")]
         ringscale_dns::doh::set_https_connector(&super::doh_https::CONNECTOR);
         Dns {
             #[cfg(feature = "dns")]
             quad100: start_quad100(engine, ringscale_dataplane::config::DEFAULT_MTU),
-            host: Mutex::new(HostDns::open(
-                resolv_conf,
-                state_dir.map(|d| d.join(BACKUP_NAME)),
-            )),
+            original_nameservers: host.original_nameservers(),
             view: Arc::new(Mutex::new(View::default())),
             peerapi: Mutex::new(PeerApiState::default()),
         }
     }
 
-    /// Follows a new netmap or prefs: quad-100's configuration, the host's resolv.conf,
-    /// the PeerAPI listeners. Returns true when the advertised services changed (the
-    /// control session must send the new Hostinfo).
-    pub fn update(&self, netmap: Option<&Arc<NetMap>>, prefs: &Prefs, running: bool) -> bool {
+    /// Follows a new netmap or prefs: quad-100's configuration and the PeerAPI
+    /// listeners, in process; what the host's resolv.conf should be is returned, for
+    /// the reconciler to apply.
+    pub fn update(&self, netmap: Option<&Arc<NetMap>>, prefs: &Prefs, running: bool) -> DnsUpdate {
         if !cfg!(feature = "dns") {
             // No quad-100 in this build: never point the host at it.
-            return false;
+            return DnsUpdate {
+                services_changed: false,
+                host: HostDnsWanted::Original,
+            };
         }
         let shared = netmap.filter(|_| running).cloned();
         let netmap = shared.as_deref();
-        let mut host = lock(&self.host);
         let cfg = match netmap {
-            Some(nm) => dnsmap::resolver_config(nm, prefs, &host.original_nameservers()),
+            Some(nm) => dnsmap::resolver_config(nm, prefs, &self.original_nameservers),
             None => ResolverConfig::default(),
         };
         #[cfg(feature = "tls")]
         super::doh_https::CONNECTOR.set_bootstrap_resolvers(super::doh_https::bootstrap_resolvers(
-            &host.original_nameservers(),
+            &self.original_nameservers,
             netmap,
         ));
         {
@@ -271,27 +296,25 @@ impl Dns {
             view.netmap = shared.clone();
             view.prefs = prefs.clone();
         }
-        let result = if wants_host_dns(netmap, prefs, running) {
-            host.set(&cfg.search_domains)
+        let host = if wants_host_dns(netmap, prefs, running) {
+            HostDnsWanted::Quad100 {
+                search: cfg.search_domains.clone(),
+            }
         } else {
-            host.restore()
+            HostDnsWanted::Original
         };
-        if let Err(e) = result {
-            log::warn!("dns: host configuration: {e}");
-        }
-        drop(host);
         let addrs: Vec<IpAddr> = match netmap {
             Some(nm) => nm.self_addresses().iter().map(|p| p.addr()).collect(),
             None => Vec::new(),
         };
-        lock(&self.peerapi).follow(&self.view, addrs)
+        DnsUpdate {
+            services_changed: lock(&self.peerapi).follow(&self.view, addrs),
+            host,
+        }
     }
 
-    /// Restores the host (daemon exit).
+    /// Stops the PeerAPI listeners (daemon exit; the reconciler restores resolv.conf).
     pub fn shutdown(&self) {
-        if let Err(e) = lock(&self.host).restore() {
-            log::warn!("dns: restoring the host configuration: {e}");
-        }
         lock(&self.peerapi).stop();
     }
 }

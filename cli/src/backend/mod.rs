@@ -1,7 +1,9 @@
 //! The daemon's backend (Go's LocalBackend): one place that owns the prefs, the login,
 //! the state file, the netmap and the engine, and the control task that keeps the node
 //! registered and its netmap current. The LocalAPI reads and edits it; the control task
-//! ([`control_loop`]) runs the protocol steps from `ringscale_control::client`.
+//! ([`control_loop`]) runs the protocol steps from `ringscale_control::client`. What
+//! the netmap and prefs mean for the host (engine, routes, rules, netfilter, resolv.conf)
+//! is applied by the [`reconciler`] thread; nothing here waits for it.
 
 pub mod api;
 pub mod control_loop;
@@ -9,13 +11,14 @@ pub mod dns;
 #[cfg(feature = "tls")]
 pub mod doh_https;
 pub mod hostinfo;
+pub mod reconciler;
 
 use ringscale_control::ipn::{EmptyMessage, Notify};
 use ringscale_control::netmap::NetMap;
 use ringscale_control::prefs::{LoginProfile, MaskedPrefs, Prefs};
 use ringscale_control::state::{new_profile_id, StateError, StateStore};
 use ringscale_control::tailcfg::{PrivateKey, UserProfile};
-use ringscale_dataplane::{Config, Engine};
+use ringscale_dataplane::Engine;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -30,8 +33,6 @@ pub struct Inner {
     pub prefs: Prefs,
     pub state: BackendState,
     pub netmap: Option<Arc<NetMap>>,
-    /// The last configuration given to the engine, to skip identical reconfigurations.
-    pub engine_config: Option<Config>,
     pub auth_url: String,
     /// An auth key for the next registration (from `up --auth-key` or `--config`);
     /// kept in memory only, as Go does.
@@ -42,6 +43,7 @@ pub struct Inner {
     /// logout, a new control URL, up/down).
     pub generation: u64,
     pub ephemeral: bool,
+    /// The control session's last error (host errors are in the reconciler's status).
     pub last_error: String,
     /// A login was asked for (`up` with an auth key, `login`, `--config`): only then
     /// does a node without a registered key register, as Go's backend waits for
@@ -56,27 +58,27 @@ pub struct LocalBackend {
     /// Wakes the control task: prefs or login changed.
     pub wake: tokio::sync::Notify,
     pub bus: broadcast::Sender<Notify>,
-    pub engine: Engine,
-    /// quad-100's configuration, the host's resolv.conf, the PeerAPI.
+    pub engine: Arc<Engine>,
+    /// quad-100's configuration, the PeerAPI.
     pub dns: dns::Dns,
     /// Disco, DERP and the path each peer takes (runs beside the control task).
     pub paths: Arc<ringscale_magicsock::driver::Paths>,
-    /// A key for the engine while logged out, so it never runs with a registered key
-    /// that control no longer knows.
-    idle_key: PrivateKey,
-    /// Table 52, the policy rules and netfilter (issue 8); empty while not running.
-    pub router: ringscale_host::Router,
+    /// The thread that applies the engine configuration, table 52, the policy rules,
+    /// netfilter (issue 8) and resolv.conf; nothing of it while not running.
+    pub reconciler: reconciler::Reconciler,
 }
 
 #[derive(Debug)]
 pub enum BackendError {
     State(StateError),
+    Io(std::io::Error),
 }
 
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BackendError::State(e) => write!(f, "{e}"),
+            BackendError::Io(e) => write!(f, "{e}"),
         }
     }
 }
@@ -88,12 +90,13 @@ impl From<StateError> for BackendError {
 }
 
 impl LocalBackend {
-    /// Loads the login and prefs from `store` and decides the starting state.
+    /// Loads the login and prefs from `store` and decides the starting state; starts
+    /// the reconciler thread, which owns `host_dns` (the host's resolv.conf) from now on.
     pub fn new(
         mut store: StateStore,
-        engine: Engine,
+        engine: Arc<Engine>,
         ephemeral: bool,
-        dns: dns::Dns,
+        host_dns: dns::HostDns,
     ) -> Result<LocalBackend, BackendError> {
         let machine_key = store.load_or_create_machine_key()?;
         let (profile, prefs) = match store.current_profile()? {
@@ -121,7 +124,10 @@ impl LocalBackend {
         if let Err(e) = engine.leave_routes_to_router() {
             log::warn!("moving routes out of the main table: {e}");
         }
-        let router = ringscale_host::Router::new(engine.ifindex());
+        let dns = dns::Dns::new(&engine, &host_dns);
+        let reconciler =
+            reconciler::Reconciler::start(reconciler::LinuxHost::new(engine.clone(), host_dns))
+                .map_err(BackendError::Io)?;
         Ok(LocalBackend {
             inner: Mutex::new(Inner {
                 store,
@@ -130,7 +136,6 @@ impl LocalBackend {
                 prefs,
                 state,
                 netmap: None,
-                engine_config: None,
                 auth_url: String::new(),
                 auth_key: None,
                 need_register: !logged_in,
@@ -145,8 +150,7 @@ impl LocalBackend {
             engine,
             dns,
             paths,
-            idle_key: PrivateKey::generate(),
-            router,
+            reconciler,
         })
     }
 
@@ -191,111 +195,31 @@ impl LocalBackend {
         self.wake.notify_one();
     }
 
-    /// Pushes the configuration for the current netmap and prefs into the engine, or an
-    /// empty one when not running.
+    /// Hands the host configuration for the current netmap and prefs (or an empty one
+    /// when not running) to the reconciler, and quad-100 its configuration. Returns
+    /// at once: the host is changed on the reconciler thread.
     pub fn reconfigure_engine(&self, inner: &mut Inner) {
         let running = inner.prefs.want_running && inner.state == BackendState::Running;
-        if self
+        let dns = self
             .dns
-            .update(inner.netmap.as_ref(), &inner.prefs, running)
-        {
+            .update(inner.netmap.as_ref(), &inner.prefs, running);
+        if dns.services_changed {
             // New PeerAPI ports: control learns them from a lite map update.
             self.hostinfo_changed(inner);
         }
-        // The host's interfaces: what "the LAN" is for an exit node and its users.
-        let host = ringscale_sys::ifaddrs::interface_addrs().unwrap_or_else(|e| {
-            log::warn!("listing interface addresses: {e}");
-            Vec::new()
+        self.reconciler.post(reconciler::Desired {
+            netmap: inner.netmap.clone().filter(|_| running),
+            prefs: inner.prefs.clone(),
+            dns: dns.host,
         });
-        let cfg = match (
-            &inner.netmap,
-            inner.prefs.want_running && inner.state == BackendState::Running,
-        ) {
-            (Some(nm), true) => match ringscale_control::netmap::dataplane_config(nm, &inner.prefs)
-            {
-                Ok(mut c) => {
-                    let mut f =
-                        ringscale_control::hostconfig::filter_config(nm, &inner.prefs, &host);
-                    // PeerAPI checks its callers itself; Go lets it past the rules.
-                    for svc in dns::advertised_services() {
-                        use ringscale_control::dnsmap::{SERVICE_PEERAPI4, SERVICE_PEERAPI6};
-                        let v6 = match svc.proto.as_str() {
-                            SERVICE_PEERAPI4 => false,
-                            SERVICE_PEERAPI6 => true,
-                            _ => continue,
-                        };
-                        for a in nm.self_addresses().iter().filter(|a| a.is_ipv4() != v6) {
-                            f.open_tcp.push((a.addr(), svc.port));
-                        }
-                    }
-                    c.filter = Some(f);
-                    c
-                }
-                Err(e) => {
-                    log::warn!("netmap gives no data-plane configuration: {e}");
-                    return;
-                }
-            },
-            _ => self.idle_config(inner),
-        };
-        self.apply_router(inner, running, &host);
-        if inner.engine_config.as_ref() == Some(&cfg) {
-            return;
-        }
-        if let Err(e) = self.engine.reconfigure(&cfg) {
-            log::error!("applying the netmap to the data plane: {e}");
-            inner.last_error = e.to_string();
-            return;
-        }
-        log::debug!(
-            "data plane: {} peers, {} addresses",
-            cfg.peers.len(),
-            cfg.addresses.len()
-        );
-        inner.engine_config = Some(cfg);
     }
 
-    /// Table 52, the policy rules and netfilter for the current netmap and prefs; all
-    /// of it removed when not running (`down`, logout).
-    fn apply_router(
-        &self,
-        inner: &mut Inner,
-        running: bool,
-        host: &[ringscale_sys::ifaddrs::InterfaceAddr],
-    ) {
-        let rc = match (&inner.netmap, running) {
-            (Some(nm), true) => Some(ringscale_control::hostconfig::router_config(
-                nm,
-                &inner.prefs,
-                host,
-                self.engine.tun_name(),
-                self.engine.port(),
-            )),
-            _ => None,
-        };
-        if let Err(e) = self.router.set(rc.as_ref()) {
-            inner.last_error = format!("host configuration: {e}");
-        }
-    }
-
-    /// Removes everything the router put on the host; the daemon calls it on exit.
+    /// Removes everything the daemon put on the host (routes, rules, netfilter,
+    /// resolv.conf) and stops the reconciler; the daemon calls it on exit, after the
+    /// control thread ended.
     pub fn shutdown_host(&self) {
-        if let Err(e) = self.router.close() {
-            log::warn!("removing host configuration: {e}");
-        }
-    }
-
-    /// No peers and no addresses: what a stopped or logged-out node forwards.
-    pub fn idle_config(&self, inner: &Inner) -> Config {
-        let key = inner.prefs.node_private_key().unwrap_or(self.idle_key);
-        Config {
-            private_key: key.0,
-            listen_port: 0,
-            addresses: Vec::new(),
-            mtu: ringscale_dataplane::config::DEFAULT_MTU,
-            peers: Vec::new(),
-            filter: None,
-        }
+        self.dns.shutdown();
+        self.reconciler.shutdown();
     }
 
     /// Applies a prefs edit (LocalAPI PATCH /prefs, `tailscale set`, `up`), persists it,

@@ -20,6 +20,7 @@ pub struct IfAddr {
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
@@ -199,6 +200,19 @@ pub fn set_link_up(index: u32, mtu: u32) -> io::Result<()> {
         .bytes(&IFF_UP.to_ne_bytes())
         .bytes(&IFF_UP.to_ne_bytes())
         .attr(IFLA_MTU, &mtu.to_ne_bytes());
+    transact(&mut req)
+}
+
+/// Deletes the interface. For a TUN device this also wakes every thread blocked
+/// reading one of its queues (the read fails), whoever still holds queue descriptors.
+pub fn del_link(index: u32) -> io::Result<()> {
+    let mut req = Msg::new(RTM_DELLINK, 0);
+    // struct ifinfomsg: family, pad, type, index, flags, change
+    req.bytes(&[libc::AF_UNSPEC as u8, 0])
+        .bytes(&0u16.to_ne_bytes())
+        .bytes(&(index as i32).to_ne_bytes())
+        .bytes(&0u32.to_ne_bytes())
+        .bytes(&0u32.to_ne_bytes());
     transact(&mut req)
 }
 

@@ -146,6 +146,14 @@ pub fn bind_reuseport(port: u16) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
+/// Shuts `sock` (and every handle on it) for reading: a thread blocked receiving on it
+/// wakes and every later receive returns at once. How a stopping worker is woken.
+pub fn shutdown_receive(sock: &UdpSocket) {
+    // SAFETY: plain shutdown(2) on a descriptor we hold. On an unconnected UDP socket
+    // it reports ENOTCONN but still marks the socket shut and wakes its waiters.
+    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RD) };
+}
+
 /// Asks the kernel to coalesce received datagrams of one flow (UDP GRO). Returns
 /// whether it agreed.
 pub fn enable_gro(sock: &UdpSocket) -> bool {

@@ -365,6 +365,18 @@ impl ControlServer {
         })
     }
 
+    /// Replaces the node's capabilities (sent in its self node, and to its peers).
+    pub fn set_node_capabilities(
+        &self,
+        selector: &str,
+        caps: &[&str],
+    ) -> Result<(), tailnet::AdminError> {
+        self.shared.update(|t| {
+            let id = t.find_node(selector)?;
+            t.set_capabilities(id, caps)
+        })
+    }
+
     pub fn set_packet_filter(&self, rules: Vec<FilterRule>) {
         self.shared.update(|t| t.set_packet_filter(rules));
     }

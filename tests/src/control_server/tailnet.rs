@@ -112,6 +112,9 @@ pub struct NodeRecord {
     pub last_seen: Option<GoTime>,
     /// The capability version the node announced.
     pub cap: CapabilityVersion,
+    /// Node capabilities an admin granted (`Node.CapMap` keys), e.g.
+    /// `disable-linux-cgnat-drop-rule`.
+    pub capabilities: Vec<String>,
 }
 
 impl NodeRecord {
@@ -749,6 +752,7 @@ impl Tailnet {
                         map_sessions: 0,
                         last_seen: None,
                         cap: req.version,
+                        capabilities: Vec::new(),
                     },
                 );
                 id
@@ -1009,6 +1013,11 @@ impl Tailnet {
             online: Some(node.online()),
             machine_authorized: true,
             expired: node.is_expired(now),
+            cap_map: node
+                .capabilities
+                .iter()
+                .map(|c| (c.clone(), None))
+                .collect(),
             ..Node::default()
         }
     }
@@ -1122,6 +1131,17 @@ impl Tailnet {
             .ok_or_else(|| AdminError::NotFound(format!("no node {id}")))?;
         node.approved_routes = routes.iter().map(|r| r.masked()).collect();
         log::info!("node {id}: approved routes {:?}", node.approved_routes);
+        Ok(())
+    }
+
+    /// Replaces the node's capabilities.
+    pub fn set_capabilities(&mut self, id: NodeId, caps: &[&str]) -> Result<(), AdminError> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| AdminError::NotFound(format!("no node {id}")))?;
+        node.capabilities = caps.iter().map(|c| c.to_string()).collect();
+        log::info!("node {id}: capabilities {:?}", node.capabilities);
         Ok(())
     }
 
