@@ -7,7 +7,7 @@ use crate::config::{Config, IfAddr};
 use crate::sys::tun::{Tun, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use crate::sys::{netlink, udp};
 use crate::wireguard::{Drops, Emit, OffPath, PeerTable, MIN_OUT_BUF};
-use crate::worker::{self, IoBackend, Offloads, TableSlot};
+use crate::worker::{self, Diverted, IoBackend, Offloads, TableSlot};
 use ip_network::IpNetwork;
 use parking_lot::Mutex;
 use std::io;
@@ -39,6 +39,8 @@ impl Default for EngineOptions {
 /// A running data plane.
 pub struct Engine {
     table: Arc<TableSlot>,
+    /// Where the packet path's relayed, disco/STUN and quad-100 outputs go.
+    diverted: Arc<Diverted>,
     tun_name: String,
     ifindex: u32,
     port: u16,
@@ -143,9 +145,12 @@ impl Engine {
         offloads.udp_gso = opts.offload && udp::gso_supported(&socks[0]);
         offloads.udp_gro = opts.offload && socks.iter().all(udp::enable_gro);
 
+        let table = PeerTable::new(cfg, None);
+        let diverted = Arc::new(Diverted::new(table.drops.clone()));
         #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
         let mut engine = Engine {
-            table: Arc::new(Mutex::new(Arc::new(PeerTable::new(cfg, None)))),
+            table: Arc::new(Mutex::new(Arc::new(table))),
+            diverted,
             tun_name: name,
             ifindex,
             port,
@@ -165,7 +170,7 @@ impl Engine {
         };
         engine.apply_host(cfg)?;
         #[cfg(feature = "dns")]
-        engine.start_quad100(&queues[0], cfg.mtu);
+        engine.start_quad100(&queues[0], cfg);
 
         let timer_sock = socks[0].try_clone()?;
         #[cfg(feature = "io-uring")]
@@ -176,27 +181,36 @@ impl Engine {
         for (i, (tun, sock)) in queues.into_iter().zip(socks).enumerate() {
             #[cfg(feature = "io-uring")]
             if let Some(w) = uring.as_mut() {
-                w.spawn(i, engine.table.clone(), tun, sock, offloads)?;
+                w.spawn(
+                    i,
+                    engine.table.clone(),
+                    tun,
+                    sock,
+                    offloads,
+                    engine.diverted.clone(),
+                )?;
                 continue;
             }
             let (tun_rx, sock_rx) = (tun.try_clone()?, sock.try_clone()?);
-            let slot = engine.table.clone();
+            let (slot, diverted) = (engine.table.clone(), engine.diverted.clone());
             std::thread::Builder::new()
                 .name(format!("tun-to-net-{i}"))
-                .spawn(move || worker::tun_to_network(&slot, &tun, &sock, offloads))?;
-            let slot = engine.table.clone();
+                .spawn(move || worker::tun_to_network(&slot, &tun, &sock, offloads, &diverted))?;
+            let (slot, diverted) = (engine.table.clone(), engine.diverted.clone());
             std::thread::Builder::new()
                 .name(format!("net-to-tun-{i}"))
-                .spawn(move || worker::network_to_tun(&slot, &tun_rx, &sock_rx, offloads))?;
+                .spawn(move || {
+                    worker::network_to_tun(&slot, &tun_rx, &sock_rx, offloads, &diverted)
+                })?;
         }
         #[cfg(feature = "io-uring")]
         {
             engine._uring = uring;
         }
-        let slot = engine.table.clone();
+        let (slot, diverted) = (engine.table.clone(), engine.diverted.clone());
         std::thread::Builder::new()
             .name("timers".into())
-            .spawn(move || timer_loop(&slot, &timer_sock))?;
+            .spawn(move || timer_loop(&slot, &timer_sock, &diverted))?;
         log::info!(
             "wireguard: {} up, mtu {}, udp port {}, {} peers, {workers} workers ({backend}), offloads {:?}, cipher {}",
             engine.tun_name,
@@ -233,7 +247,7 @@ impl Engine {
     /// Hands disco/STUN datagrams and DERP-bound packets to `hook` (the control
     /// thread). Without it they are dropped, as plain WireGuard would.
     pub fn set_off_path(&self, hook: Arc<dyn OffPath>) {
-        self.table().set_off_path(hook);
+        self.diverted.set_off_path(hook);
     }
 
     /// Sends a datagram from the WireGuard port (disco, STUN). Never blocks for long:
@@ -263,7 +277,9 @@ impl Engine {
         let udp_v6 = self.off_path.udp_v6;
         let mut tun_range = None;
         let base = buf.as_ptr() as usize;
-        table.decapsulate(from, packet, &mut buf[hdr..], &mut |e| match e {
+        let diverted = &self.diverted;
+        let now = Instant::now();
+        table.decapsulate(now, from, packet, &mut buf[hdr..], &mut |e| match e {
             Emit::Network(to, wire) => {
                 if let Err(e) = sock.send_to(wire, udp::for_socket(udp_v6, to)) {
                     log::debug!("send to {to}: {e}");
@@ -273,6 +289,7 @@ impl Engine {
                 let start = pkt.as_ptr() as usize - base;
                 tun_range = Some(start..start + pkt.len());
             }
+            other => drop(diverted.take(other)),
         });
         let Some(r) = tun_range else {
             return;
@@ -301,14 +318,15 @@ impl Engine {
         self.apply_host(cfg)
     }
 
-    /// Starts quad-100 and routes its two addresses into the TUN. A failure costs
-    /// MagicDNS, not the tunnel: it is logged and the engine runs on.
+    /// Starts quad-100 and routes its two addresses into the TUN (before the workers
+    /// start: the table `cfg` made is rebuilt to hand packets to those addresses over).
+    /// A failure costs MagicDNS, not the tunnel: it is logged and the engine runs on.
     #[cfg(feature = "dns")]
-    fn start_quad100(&mut self, tun: &Tun, mtu: u16) {
+    fn start_quad100(&mut self, tun: &Tun, cfg: &Config) {
         use crate::dns::{quad100::Quad100, QUAD100_V4, QUAD100_V6};
         let svc = match tun
             .try_clone()
-            .and_then(|t| Quad100::start(t, self.offloads.tun_tso, mtu))
+            .and_then(|t| Quad100::start(t, self.offloads.tun_tso, cfg.mtu))
         {
             Ok(s) => s,
             Err(e) => {
@@ -316,7 +334,13 @@ impl Engine {
                 return;
             }
         };
-        self.table().set_local_service(svc.local_service());
+        self.diverted.set_local(svc.local_service());
+        {
+            let mut slot = self.table.lock();
+            let table = PeerTable::new(cfg, Some(&slot))
+                .with_local_addresses(&[QUAD100_V4.into(), QUAD100_V6.into()]);
+            *slot = Arc::new(table);
+        }
         for net in [
             IpNetwork::new(QUAD100_V4, 32).expect("a /32"),
             IpNetwork::new(QUAD100_V6, 128).expect("a /128"),
@@ -423,23 +447,33 @@ fn routes_for(cfg: &Config) -> Vec<IpNetwork> {
     routes
 }
 
-fn timer_loop(slot: &TableSlot, sock: &UdpSocket) {
+/// Longest the timer thread sleeps: the workers move WireGuard's deadlines without
+/// waking it (a first packet starts a handshake due for retransmit in 5 s), so it looks
+/// again this often, as it used to tick; and the handshake rate limiter's window moves
+/// on about every second.
+const TIMER_MAX_SLEEP: Duration = Duration::from_millis(250);
+/// Shortest: a deadline that stays in the past must not make the thread spin.
+const TIMER_MIN_SLEEP: Duration = Duration::from_millis(10);
+
+/// Runs the current table's timers when it says they are due (at most
+/// [`TIMER_MAX_SLEEP`] apart), sending what they emit.
+fn timer_loop(slot: &TableSlot, sock: &UdpSocket, diverted: &Diverted) {
     let is_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut out = vec![0u8; MIN_OUT_BUF.max(1500)];
-    let mut last_reset = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(250));
         let table = slot.lock().clone();
-        table.tick(&mut out, &mut |e| {
-            if let Emit::Network(to, wire) = e {
+        let now = Instant::now();
+        table.handle_timeout(now, &mut out, &mut |e| {
+            if let Some(Emit::Network(to, wire)) = diverted.take(e) {
                 if let Err(e) = sock.send_to(wire, udp::for_socket(is_v6, to)) {
                     log::debug!("send to {to}: {e}");
                 }
             }
         });
-        if last_reset.elapsed() >= Duration::from_secs(1) {
-            table.reset_rate_limit();
-            last_reset = Instant::now();
-        }
+        let wait = table
+            .poll_timeout()
+            .map_or(TIMER_MAX_SLEEP, |at| at.saturating_duration_since(now));
+        drop(table);
+        std::thread::sleep(wait.clamp(TIMER_MIN_SLEEP, TIMER_MAX_SLEEP));
     }
 }

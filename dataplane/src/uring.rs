@@ -28,8 +28,9 @@
 use crate::offload::VNET_HDR_LEN;
 use crate::sys::tun::Tun;
 use crate::sys::udp::{self, RawAddr, SOL_UDP, UDP_GRO, UDP_SEGMENT};
+use crate::wireguard::Emit;
 use crate::worker::{
-    self, gso_refused, Decryptor, Encryptor, GsoRun, Offloads, TableSlot, Transmit,
+    self, gso_refused, Decryptor, Diverted, Encryptor, GsoRun, Offloads, TableSlot, Transmit,
     GSO_MAX_SEGMENTS, MAX_PACKET, RX_OUT_BUFFER, TX_BUFFER,
 };
 use io_uring::{opcode, squeue, types, IoUring, Probe};
@@ -182,6 +183,7 @@ impl Workers {
     /// Starts worker `index` on its TUN queue and UDP socket: one thread with one ring
     /// drives both directions. (A thread and ring per direction was measured too: no
     /// clear gain in throughput on 2 cores, and about 12 % more CPU per GB.)
+    /// Relayed messages, disco/STUN and quad-100 packets go to `diverted`.
     pub fn spawn(
         &mut self,
         index: usize,
@@ -189,11 +191,12 @@ impl Workers {
         tun: Tun,
         sock: UdpSocket,
         off: Offloads,
+        diverted: Arc<Diverted>,
     ) -> io::Result<()> {
         let stop = self.stop.try_clone()?;
         let handle = std::thread::Builder::new()
             .name(format!("uring-{index}"))
-            .spawn(move || run(&slot, tun, sock, stop, off))?;
+            .spawn(move || run(&slot, tun, sock, stop, off, diverted))?;
         self.threads.push(handle);
         Ok(())
     }
@@ -226,7 +229,14 @@ impl Drop for Workers {
 /// A worker thread: builds its ring (the ring belongs to the thread that made it) and
 /// runs; should the ring fail here after the probe succeeded, the worker falls back to
 /// blocking syscalls rather than stop.
-fn run(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, stop: OwnedFd, off: Offloads) {
+fn run(
+    slot: &Arc<TableSlot>,
+    tun: Tun,
+    sock: UdpSocket,
+    stop: OwnedFd,
+    off: Offloads,
+    diverted: Arc<Diverted>,
+) {
     let ring = match new_ring() {
         Ok(r) => r,
         Err(e) => {
@@ -235,11 +245,11 @@ fn run(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, stop: OwnedFd, off: Off
                 tun.name(),
                 setup_error(&e)
             );
-            fallback(slot, tun, sock, off);
+            fallback(slot, tun, sock, off, diverted);
             return;
         }
     };
-    let mut w = match Worker::new(ring, tun, sock, stop, off) {
+    let mut w = match Worker::new(ring, tun, sock, stop, off, diverted) {
         Ok(w) => w,
         Err(e) => {
             log::error!("io_uring worker: {e}");
@@ -250,7 +260,13 @@ fn run(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, stop: OwnedFd, off: Off
 }
 
 /// The epoll backend's two threads for this worker's queue and socket.
-fn fallback(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, off: Offloads) {
+fn fallback(
+    slot: &Arc<TableSlot>,
+    tun: Tun,
+    sock: UdpSocket,
+    off: Offloads,
+    diverted: Arc<Diverted>,
+) {
     let (tun2, sock2) = match (tun.try_clone(), sock.try_clone()) {
         (Ok(t), Ok(s)) => (t, s),
         _ => {
@@ -258,14 +274,14 @@ fn fallback(slot: &Arc<TableSlot>, tun: Tun, sock: UdpSocket, off: Offloads) {
             return;
         }
     };
-    let slot2 = slot.clone();
+    let (slot2, diverted2) = (slot.clone(), diverted.clone());
     let spawned = std::thread::Builder::new()
         .name("tun-to-net-fallback".into())
-        .spawn(move || worker::tun_to_network(&slot2, &tun2, &sock2, off));
+        .spawn(move || worker::tun_to_network(&slot2, &tun2, &sock2, off, &diverted2));
     if let Err(e) = spawned {
         log::error!("cannot start a fallback thread: {e}");
     }
-    worker::network_to_tun(slot, &tun, &sock, off);
+    worker::network_to_tun(slot, &tun, &sock, off, &diverted);
 }
 
 /// The message header and what it points at for one SENDMSG in flight.
@@ -522,6 +538,7 @@ struct Worker {
     sock: UdpSocket,
     is_v6: bool,
     off: Offloads,
+    diverted: Arc<Diverted>,
     /// The eventfd that says stop, and whether a poll on it is posted.
     stop: OwnedFd,
     stop_posted: bool,
@@ -559,6 +576,7 @@ impl Worker {
         sock: UdpSocket,
         stop: OwnedFd,
         off: Offloads,
+        diverted: Arc<Diverted>,
     ) -> io::Result<Worker> {
         let is_v6 = sock.local_addr()?.is_ipv6();
         // Large zeroed allocations are fresh pages, resident only once used: buffers
@@ -570,6 +588,7 @@ impl Worker {
             sock,
             is_v6,
             off,
+            diverted,
             stop,
             stop_posted: false,
             stopping: false,
@@ -634,7 +653,10 @@ impl Worker {
     /// and keeps every free read buffer posted.
     fn pump_tun(&mut self, slot: &TableSlot) {
         if !self.reads_ready.is_empty() && self.tx.has_room() {
+            // One table and one clock read for all the reads completed together.
             let table = worker::table(slot);
+            let now = Instant::now();
+            let diverted = &self.diverted;
             // The reads completed together go out together: a run stays open from one
             // read to the next (one GSO send for many small packets) and is sent when
             // they are all processed.
@@ -650,8 +672,14 @@ impl Worker {
                 }
                 self.reads_ready.pop_front();
                 self.read_state[i] = Slot::Idle;
-                self.enc
-                    .process_more(&table, &self.read_bufs[i][..n], self.off.tun_tso, &mut tx);
+                self.enc.process_more(
+                    &table,
+                    now,
+                    &self.read_bufs[i][..n],
+                    self.off.tun_tso,
+                    &mut tx,
+                    &mut |e| drop(diverted.take(e)),
+                );
             }
             self.enc.flush(&mut tx);
         }
@@ -683,6 +711,7 @@ impl Worker {
     fn pump_udp(&mut self, slot: &TableSlot) {
         if !self.recvs_ready.is_empty() && self.rx_inflight.contains(&0) {
             let table = worker::table(slot);
+            let now = Instant::now();
             while let Some(&(i, n, from, segment)) = self.recvs_ready.front() {
                 let Some(b) = self.rx_inflight.iter().position(|&n| n == 0) else {
                     break;
@@ -690,15 +719,21 @@ impl Worker {
                 self.recvs_ready.pop_front();
                 self.recv_state[i] = Slot::Idle;
                 let (sock, is_v6) = (self.sock.as_raw_fd(), self.is_v6);
+                let diverted = &self.diverted;
                 self.dec.process(
                     &table,
+                    now,
                     from,
                     &self.recv_bufs[i][..n],
                     segment,
                     self.off.tun_tso,
                     &mut self.rx_bufs[b],
                     &mut self.writes,
-                    &mut |to, wire| send_now(sock, is_v6, to, wire),
+                    &mut |e| {
+                        if let Some(Emit::Network(to, wire)) = diverted.take(e) {
+                            send_now(sock, is_v6, to, wire);
+                        }
+                    },
                 );
                 for r in &self.writes {
                     let data = &self.rx_bufs[b][r.clone()];

@@ -11,7 +11,7 @@
 
 use super::forward::{ForwardError, Forwarder};
 use super::resolver::{servfail, Action, Resolver, ResolverConfig};
-use super::{is_quad100, wire, QUAD100_V4, QUAD100_V6};
+use super::{wire, QUAD100_V4, QUAD100_V6};
 use crate::sys::tun::{Tun, VNET_HDR_LEN};
 use crate::wireguard::LocalService;
 use parking_lot::Mutex;
@@ -22,7 +22,6 @@ use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 use std::collections::VecDeque;
 use std::io;
-use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,16 +62,12 @@ enum Client {
     Tcp { socket: usize, generation: u64 },
 }
 
-/// The packet path's side: decides which packets are ours and queues them.
+/// The packet path's side: queues the packets the engine hands over.
 struct Intake {
     tx: SyncSender<Event>,
 }
 
 impl LocalService for Intake {
-    fn serves(&self, dst: IpAddr) -> bool {
-        is_quad100(dst)
-    }
-
     fn deliver(&self, pkt: &[u8]) {
         match self.tx.try_send(Event::Packet(pkt.to_vec())) {
             Ok(()) => {}
