@@ -1072,3 +1072,6 @@ impl PeerTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
