@@ -289,7 +289,7 @@ impl Engine {
                 let start = pkt.as_ptr() as usize - base;
                 tun_range = Some(start..start + pkt.len());
             }
-            other => drop(diverted.take(other)),
+            other => diverted.divert(other),
         });
         let Some(r) = tun_range else {
             return;

@@ -678,7 +678,7 @@ impl Worker {
                     &self.read_bufs[i][..n],
                     self.off.tun_tso,
                     &mut tx,
-                    &mut |e| drop(diverted.take(e)),
+                    &mut |e| diverted.divert(e),
                 );
             }
             self.enc.flush(&mut tx);

@@ -58,33 +58,16 @@ fn config_b() -> Config {
 
 /// An IPv4 UDP packet (checksums are not looked at on this path).
 fn ip_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let len = 28 + payload.len();
-    let mut p = vec![
-        0x45,
-        0,
-        (len >> 8) as u8,
-        len as u8,
-        0,
-        0,
-        0,
-        0,
-        64,
-        17,
-        0,
-        0,
-    ];
+    let len = 28 + payload.len() as u16;
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
-    p.extend_from_slice(&[
-        0x30,
-        0x39,
-        0x00,
-        0x35,
-        (len - 20 >> 8) as u8,
-        (len - 20) as u8,
-        0,
-        0,
-    ]);
+    // UDP from port 12345 to 53.
+    p.extend_from_slice(&[0x30, 0x39, 0, 53]);
+    p.extend_from_slice(&(len - 20).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
     p.extend_from_slice(payload);
     p
 }
@@ -434,11 +417,11 @@ fn a_session_expires_after_180_seconds() {
     let from = ep(A_EP);
     w.advance_to(secs(179));
     let table = w.table(B);
-    w.receive_with(B, &table, from, &early.bytes.clone());
+    w.receive_with(B, &table, from, &early.bytes);
     assert_eq!(w.tun_payloads(B).last().unwrap(), b"early");
     let rejected = w.table(B).drops.rejected.load(Ordering::Relaxed);
     w.advance_to(secs(181));
-    w.receive_with(B, &table, from, &late.bytes.clone());
+    w.receive_with(B, &table, from, &late.bytes);
     assert_eq!(
         w.tun_payloads(B).last().unwrap(),
         b"early",
@@ -580,12 +563,11 @@ fn a_replaced_table_sends_no_stray_handshake() {
         w.send(A, b"new table");
         w.deliver();
         let inits = w.times(A, HANDSHAKE_INIT).len();
-        match cfg.peers.is_empty() {
-            true => assert_eq!(inits, 0),
-            false => {
-                assert_eq!(inits, 1);
-                assert_eq!(w.tun_payloads(B), vec![b"new table".to_vec()]);
-            }
+        if cfg.peers.is_empty() {
+            assert_eq!(inits, 0);
+        } else {
+            assert_eq!(inits, 1);
+            assert_eq!(w.tun_payloads(B), vec![b"new table".to_vec()]);
         }
     }
 }
