@@ -15,6 +15,7 @@ use ringscale_dataplane::worker::{Decryptor, Encryptor, GsoRun, Transmit, RX_OUT
 use ringscale_dataplane::Key;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::time::Instant;
 
 const MSS: u16 = 1228; // MTU 1280 less IPv4 and TCP headers with timestamps
 const PAYLOAD: usize = 62_000;
@@ -129,13 +130,17 @@ fn main() {
             wire.push((to, w.to_vec()));
         }
     };
-    a.encapsulate(&tso_read(0, &[0; 10])[VNET_HDR_LEN..], &mut out, &mut |e| {
-        push(e, &mut wire)
-    });
+    let now = Instant::now();
+    a.encapsulate(
+        now,
+        &tso_read(0, &[0; 10])[VNET_HDR_LEN..],
+        &mut out,
+        &mut |e| push(e, &mut wire),
+    );
     for _ in 0..10 {
         for (to, w) in std::mem::take(&mut wire) {
             let (table, from) = if to == ep_b { (&b, ep_a) } else { (&a, ep_b) };
-            table.decapsulate(from, &w, &mut out, &mut |e| push(e, &mut wire));
+            table.decapsulate(now, from, &w, &mut out, &mut |e| push(e, &mut wire));
         }
     }
 
@@ -160,7 +165,8 @@ fn main() {
         tx.keep = i < keep_reads;
         read[seq_at..seq_at + 4].copy_from_slice(&seq.to_be_bytes());
         seq = seq.wrapping_add(PAYLOAD as u32);
-        enc.process(&a, &read, true, &mut tx);
+        // A worker reads the clock once per batch; here a batch is one read.
+        enc.process(&a, Instant::now(), &read, true, &mut tx, &mut |_| {});
     }
     let enc_s = thread_cpu_s() - t0;
 
@@ -177,13 +183,17 @@ fn main() {
         let b = PeerTable::new(&config(2, 1, "10.0.0.1/32", ep_a), None);
         let a2 = PeerTable::new(&config(1, 2, "10.0.0.2/32", ep_b), None);
         let mut wire: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-        a2.encapsulate(&tso_read(0, &[0; 10])[VNET_HDR_LEN..], &mut out, &mut |e| {
-            push(e, &mut wire)
-        });
+        let now = Instant::now();
+        a2.encapsulate(
+            now,
+            &tso_read(0, &[0; 10])[VNET_HDR_LEN..],
+            &mut out,
+            &mut |e| push(e, &mut wire),
+        );
         for _ in 0..10 {
             for (to, w) in std::mem::take(&mut wire) {
                 let (table, from) = if to == ep_b { (&b, ep_a) } else { (&a2, ep_b) };
-                table.decapsulate(from, &w, &mut out, &mut |e| push(e, &mut wire));
+                table.decapsulate(now, from, &w, &mut out, &mut |e| push(e, &mut wire));
             }
         }
         let mut enc2 = Encryptor::new();
@@ -194,20 +204,28 @@ fn main() {
         };
         let mut s = 1u32;
         for _ in 0..keep_reads {
-            enc2.process(&a2, &tso_read(s, &payload), true, &mut tx2);
+            enc2.process(
+                &a2,
+                Instant::now(),
+                &tso_read(s, &payload),
+                true,
+                &mut tx2,
+                &mut |_| {},
+            );
             s = s.wrapping_add(PAYLOAD as u32);
         }
         let t0 = thread_cpu_s();
         for (run, data) in &tx2.runs {
             dec.process(
                 &b,
+                Instant::now(),
                 ep_a,
                 data,
                 usize::from(run.segment),
                 true,
                 &mut tun,
                 &mut writes,
-                &mut |_, _| {},
+                &mut |_| {},
             );
             written += writes.len();
         }

@@ -5,13 +5,13 @@
 
 use crate::config::{Config, IfAddr};
 use crate::wireguard::{Drops, Emit, LocalService, OffPath, PeerTable, MIN_OUT_BUF};
-use crate::worker::{self, IoBackend, Offloads, TableSlot};
+use crate::worker::{self, Diverted, IoBackend, Offloads, TableSlot};
 use ip_network::IpNetwork;
 use parking_lot::Mutex;
 use ringscale_sys::tun::{Tun, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use ringscale_sys::{netlink, udp};
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -41,6 +41,11 @@ impl Default for EngineOptions {
 /// A running data plane.
 pub struct Engine {
     table: Arc<TableSlot>,
+    /// The configuration the current table was built from (locked after `table`), for
+    /// rebuilding it with other local addresses.
+    config: Mutex<Config>,
+    /// Where the packet path's relayed, disco/STUN and quad-100 outputs go.
+    diverted: Arc<Diverted>,
     tun_name: String,
     ifindex: u32,
     /// The TUN was made persistent by someone else before we attached (`ip tuntap
@@ -166,8 +171,12 @@ impl Engine {
         offloads.udp_gso = opts.offload && udp::gso_supported(&socks[0]);
         offloads.udp_gro = opts.offload && socks.iter().all(udp::enable_gro);
 
+        let table = PeerTable::new(cfg, None);
+        let diverted = Arc::new(Diverted::new(table.drops.clone()));
         let engine = Engine {
-            table: Arc::new(Mutex::new(Arc::new(PeerTable::new(cfg, None)))),
+            table: Arc::new(Mutex::new(Arc::new(table))),
+            config: Mutex::new(cfg.clone()),
+            diverted,
             tun_persistent: tun_is_persistent(&name),
             tun_name: name,
             ifindex,
@@ -198,34 +207,45 @@ impl Engine {
             threads.sockets.push(sock.try_clone()?);
             #[cfg(feature = "io-uring")]
             if let Some(w) = threads.uring.as_mut() {
-                w.spawn(i, engine.table.clone(), tun, sock, offloads)?;
+                w.spawn(
+                    i,
+                    engine.table.clone(),
+                    tun,
+                    sock,
+                    offloads,
+                    engine.diverted.clone(),
+                )?;
                 continue;
             }
             let (tun_rx, sock_rx) = (tun.try_clone()?, sock.try_clone()?);
-            let (slot, stop_tx) = (engine.table.clone(), stop.clone());
+            let (slot, stop_tx, diverted) =
+                (engine.table.clone(), stop.clone(), engine.diverted.clone());
             threads.handles.push(
                 std::thread::Builder::new()
                     .name(format!("tun-to-net-{i}"))
                     .spawn(move || {
-                        worker::tun_to_network(&slot, &tun, &sock, offloads, &stop_tx)
+                        worker::tun_to_network(&slot, &tun, &sock, offloads, &stop_tx, &diverted)
                     })?,
             );
-            let (slot, stop_rx) = (engine.table.clone(), stop.clone());
+            let (slot, stop_rx, diverted) =
+                (engine.table.clone(), stop.clone(), engine.diverted.clone());
             threads.handles.push(
                 std::thread::Builder::new()
                     .name(format!("net-to-tun-{i}"))
                     .spawn(move || {
-                        worker::network_to_tun(&slot, &tun_rx, &sock_rx, offloads, &stop_rx)
+                        worker::network_to_tun(
+                            &slot, &tun_rx, &sock_rx, offloads, &stop_rx, &diverted,
+                        )
                     })?,
             );
         }
-        let slot = engine.table.clone();
+        let (slot, diverted) = (engine.table.clone(), engine.diverted.clone());
         let (timer_stop, timer_wait) = mpsc::channel();
         threads.timer_stop = Some(timer_stop);
         threads.handles.push(
             std::thread::Builder::new()
                 .name("timers".into())
-                .spawn(move || timer_loop(&slot, &timer_sock, &timer_wait))?,
+                .spawn(move || timer_loop(&slot, &timer_sock, &diverted, &timer_wait))?,
         );
         drop(threads);
         log::info!(
@@ -320,7 +340,7 @@ impl Engine {
     /// Hands disco/STUN datagrams and DERP-bound packets to `hook` (the control
     /// thread). Without it they are dropped, as plain WireGuard would.
     pub fn set_off_path(&self, hook: Arc<dyn OffPath>) {
-        self.table().set_off_path(hook);
+        self.diverted.set_off_path(hook);
     }
 
     /// Sends a datagram from the WireGuard port (disco, STUN). Never blocks for long:
@@ -350,7 +370,9 @@ impl Engine {
         let udp_v6 = self.off_path.udp_v6;
         let mut tun_range = None;
         let base = buf.as_ptr() as usize;
-        table.decapsulate(from, packet, &mut buf[hdr..], &mut |e| match e {
+        let diverted = &self.diverted;
+        let now = Instant::now();
+        table.decapsulate(now, from, packet, &mut buf[hdr..], &mut |e| match e {
             Emit::Network(to, wire) => {
                 if let Err(e) = sock.send_to(wire, udp::for_socket(udp_v6, to)) {
                     log::debug!("send to {to}: {e}");
@@ -360,6 +382,7 @@ impl Engine {
                 let start = pkt.as_ptr() as usize - base;
                 tun_range = Some(start..start + pkt.len());
             }
+            other => diverted.divert(other),
         });
         let Some(r) = tun_range else {
             return;
@@ -384,14 +407,20 @@ impl Engine {
         let mut slot = self.table.lock();
         let next = Arc::new(PeerTable::new(cfg, Some(&slot)));
         *slot = next;
+        *self.config.lock() = cfg.clone();
         drop(slot);
         self.apply_host(cfg)
     }
 
-    /// Hands packets from the TUN to `dst`s that `svc` serves (quad-100) to it instead
-    /// of routing them to a peer.
-    pub fn set_local_service(&self, svc: Arc<dyn LocalService>) {
-        self.table().set_local_service(svc);
+    /// Hands packets from the TUN to `addresses` (quad-100's) to `svc` instead of
+    /// routing them to a peer. The current table is rebuilt with those addresses
+    /// (keeping every session); later tables inherit them.
+    pub fn set_local_service(&self, svc: Arc<dyn LocalService>, addresses: &[IpAddr]) {
+        self.diverted.set_local(svc);
+        let mut slot = self.table.lock();
+        let table =
+            PeerTable::new(&self.config.lock(), Some(&slot)).with_local_addresses(addresses);
+        *slot = Arc::new(table);
     }
 
     /// A handle on the TUN for an in-process service to write its replies to, and
@@ -505,23 +534,37 @@ impl Drop for Engine {
     }
 }
 
-/// WireGuard's timers every 250 ms, until `stop`'s sender is dropped.
-fn timer_loop(slot: &TableSlot, sock: &UdpSocket, stop: &mpsc::Receiver<()>) {
+/// Longest the timer thread sleeps: the workers move WireGuard's deadlines without
+/// waking it (a first packet starts a handshake due for retransmit in 5 s), so it looks
+/// again this often, as it used to tick; and the handshake rate limiter's window moves
+/// on about every second.
+const TIMER_MAX_SLEEP: Duration = Duration::from_millis(250);
+/// Shortest: a deadline that stays in the past must not make the thread spin.
+const TIMER_MIN_SLEEP: Duration = Duration::from_millis(10);
+
+/// Runs the current table's timers when it says they are due (at most
+/// [`TIMER_MAX_SLEEP`] apart), sending what they emit, until `stop`'s sender is
+/// dropped.
+fn timer_loop(slot: &TableSlot, sock: &UdpSocket, diverted: &Diverted, stop: &mpsc::Receiver<()>) {
     let is_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut out = vec![0u8; MIN_OUT_BUF.max(1500)];
-    let mut last_reset = Instant::now();
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(250)) {
+    loop {
         let table = slot.lock().clone();
-        table.tick(&mut out, &mut |e| {
-            if let Emit::Network(to, wire) = e {
+        let now = Instant::now();
+        table.handle_timeout(now, &mut out, &mut |e| {
+            if let Some(Emit::Network(to, wire)) = diverted.take(e) {
                 if let Err(e) = sock.send_to(wire, udp::for_socket(is_v6, to)) {
                     log::debug!("send to {to}: {e}");
                 }
             }
         });
-        if last_reset.elapsed() >= Duration::from_secs(1) {
-            table.reset_rate_limit();
-            last_reset = Instant::now();
+        let wait = table
+            .poll_timeout()
+            .map_or(TIMER_MAX_SLEEP, |at| at.saturating_duration_since(now));
+        drop(table);
+        match stop.recv_timeout(wait.clamp(TIMER_MIN_SLEEP, TIMER_MAX_SLEEP)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
     }
 }

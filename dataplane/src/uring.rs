@@ -26,8 +26,9 @@
 //! everything in flight has completed (`drain`), or leaks its buffers if it cannot wait.
 
 use crate::offload::VNET_HDR_LEN;
+use crate::wireguard::Emit;
 use crate::worker::{
-    self, gso_refused, Decryptor, Encryptor, GsoRun, Offloads, TableSlot, Transmit,
+    self, gso_refused, Decryptor, Diverted, Encryptor, GsoRun, Offloads, TableSlot, Transmit,
     GSO_MAX_SEGMENTS, MAX_PACKET, RX_OUT_BUFFER, TX_BUFFER,
 };
 use io_uring::{opcode, squeue, types, IoUring, Probe};
@@ -187,6 +188,7 @@ impl Workers {
     /// Starts worker `index` on its TUN queue and UDP socket: one thread with one ring
     /// drives both directions. (A thread and ring per direction was measured too: no
     /// clear gain in throughput on 2 cores, and about 12 % more CPU per GB.)
+    /// Relayed messages, disco/STUN and quad-100 packets go to `diverted`.
     pub fn spawn(
         &mut self,
         index: usize,
@@ -194,12 +196,13 @@ impl Workers {
         tun: Tun,
         sock: UdpSocket,
         off: Offloads,
+        diverted: Arc<Diverted>,
     ) -> io::Result<()> {
         let stop = self.stop.try_clone()?;
         let stopping = self.stopping.clone();
         let handle = std::thread::Builder::new()
             .name(format!("uring-{index}"))
-            .spawn(move || run(&slot, tun, sock, stop, &stopping, off))?;
+            .spawn(move || run(&slot, tun, sock, stop, &stopping, off, diverted))?;
         self.threads.push(handle);
         Ok(())
     }
@@ -240,6 +243,7 @@ fn run(
     stop: OwnedFd,
     stopping: &Arc<AtomicBool>,
     off: Offloads,
+    diverted: Arc<Diverted>,
 ) {
     let ring = match new_ring() {
         Ok(r) => r,
@@ -249,11 +253,11 @@ fn run(
                 tun.name(),
                 setup_error(&e)
             );
-            fallback(slot, tun, sock, off, stopping);
+            fallback(slot, tun, sock, off, stopping, diverted);
             return;
         }
     };
-    let mut w = match Worker::new(ring, tun, sock, stop, off) {
+    let mut w = match Worker::new(ring, tun, sock, stop, off, diverted) {
         Ok(w) => w,
         Err(e) => {
             log::error!("io_uring worker: {e}");
@@ -271,6 +275,7 @@ fn fallback(
     sock: UdpSocket,
     off: Offloads,
     stopping: &Arc<AtomicBool>,
+    diverted: Arc<Diverted>,
 ) {
     let (tun2, sock2) = match (tun.try_clone(), sock.try_clone()) {
         (Ok(t), Ok(s)) => (t, s),
@@ -281,13 +286,14 @@ fn fallback(
     };
     let slot2 = slot.clone();
     let stopping2 = stopping.clone();
+    let diverted2 = diverted.clone();
     let spawned = std::thread::Builder::new()
         .name("tun-to-net-fallback".into())
-        .spawn(move || worker::tun_to_network(&slot2, &tun2, &sock2, off, &stopping2));
+        .spawn(move || worker::tun_to_network(&slot2, &tun2, &sock2, off, &stopping2, &diverted2));
     if let Err(e) = &spawned {
         log::error!("cannot start a fallback thread: {e}");
     }
-    worker::network_to_tun(slot, &tun, &sock, off, stopping);
+    worker::network_to_tun(slot, &tun, &sock, off, stopping, &diverted);
     if let Ok(t) = spawned {
         let _ = t.join();
     }
@@ -547,6 +553,7 @@ struct Worker {
     sock: UdpSocket,
     is_v6: bool,
     off: Offloads,
+    diverted: Arc<Diverted>,
     /// The eventfd that says stop, and whether a poll on it is posted.
     stop: OwnedFd,
     stop_posted: bool,
@@ -584,6 +591,7 @@ impl Worker {
         sock: UdpSocket,
         stop: OwnedFd,
         off: Offloads,
+        diverted: Arc<Diverted>,
     ) -> io::Result<Worker> {
         let is_v6 = sock.local_addr()?.is_ipv6();
         // Large zeroed allocations are fresh pages, resident only once used: buffers
@@ -595,6 +603,7 @@ impl Worker {
             sock,
             is_v6,
             off,
+            diverted,
             stop,
             stop_posted: false,
             stopping: false,
@@ -659,7 +668,10 @@ impl Worker {
     /// and keeps every free read buffer posted.
     fn pump_tun(&mut self, slot: &TableSlot) {
         if !self.reads_ready.is_empty() && self.tx.has_room() {
+            // One table and one clock read for all the reads completed together.
             let table = worker::table(slot);
+            let now = Instant::now();
+            let diverted = &self.diverted;
             // The reads completed together go out together: a run stays open from one
             // read to the next (one GSO send for many small packets) and is sent when
             // they are all processed.
@@ -675,8 +687,14 @@ impl Worker {
                 }
                 self.reads_ready.pop_front();
                 self.read_state[i] = Slot::Idle;
-                self.enc
-                    .process_more(&table, &self.read_bufs[i][..n], self.off.tun_tso, &mut tx);
+                self.enc.process_more(
+                    &table,
+                    now,
+                    &self.read_bufs[i][..n],
+                    self.off.tun_tso,
+                    &mut tx,
+                    &mut |e| diverted.divert(e),
+                );
             }
             self.enc.flush(&mut tx);
         }
@@ -708,6 +726,7 @@ impl Worker {
     fn pump_udp(&mut self, slot: &TableSlot) {
         if !self.recvs_ready.is_empty() && self.rx_inflight.contains(&0) {
             let table = worker::table(slot);
+            let now = Instant::now();
             while let Some(&(i, n, from, segment)) = self.recvs_ready.front() {
                 let Some(b) = self.rx_inflight.iter().position(|&n| n == 0) else {
                     break;
@@ -715,15 +734,21 @@ impl Worker {
                 self.recvs_ready.pop_front();
                 self.recv_state[i] = Slot::Idle;
                 let (sock, is_v6) = (self.sock.as_raw_fd(), self.is_v6);
+                let diverted = &self.diverted;
                 self.dec.process(
                     &table,
+                    now,
                     from,
                     &self.recv_bufs[i][..n],
                     segment,
                     self.off.tun_tso,
                     &mut self.rx_bufs[b],
                     &mut self.writes,
-                    &mut |to, wire| send_now(sock, is_v6, to, wire),
+                    &mut |e| {
+                        if let Some(Emit::Network(to, wire)) = diverted.take(e) {
+                            send_now(sock, is_v6, to, wire);
+                        }
+                    },
                 );
                 for r in &self.writes {
                     let data = &self.rx_bufs[b][r.clone()];

@@ -1,6 +1,12 @@
 //! The WireGuard side of the packet path, with no I/O: the peer table built from a
 //! [`Config`], and what to do with a packet from the TUN, a datagram from the network,
-//! or a timer tick. The I/O layer feeds packets in and carries out the [`Emit`]s.
+//! or a timeout. The I/O layer feeds packets in and carries out the [`Emit`]s.
+//!
+//! It is stepped by the caller, as quinn-proto's `Connection` is: time comes in as an
+//! argument (the workers read the clock once per batch), every output is an [`Emit`]
+//! handed to the caller, and timers are polled ([`PeerTable::poll_timeout`],
+//! [`PeerTable::handle_timeout`]). Nothing here reads the clock, sends, or holds a hook
+//! to someone who does.
 
 use crate::allowed_ips::AllowedIps;
 use crate::config::Config;
@@ -18,7 +24,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Handshakes per second above which we answer with cookies (WireGuard's "under load").
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -91,13 +97,26 @@ pub struct DeferredSeal {
     pub key: usize,
 }
 
-/// Something the I/O layer must do.
+/// Something the I/O layer must do: every output of the peer table is one of these.
 #[derive(Debug)]
 pub enum Emit<'a> {
     /// Send a datagram to this endpoint.
     Network(SocketAddr, &'a [u8]),
     /// Write a decrypted IP packet to the TUN.
     Tun(&'a [u8]),
+    /// Send a WireGuard message for `peer` through DERP `region` (the peer's path is a
+    /// relay: see [`crate::derp_addr`]); an [`OffPath::relay`] takes it.
+    Relay {
+        peer: Key,
+        region: u16,
+        packet: &'a [u8],
+    },
+    /// A packet from the TUN for the in-process service that owns its destination
+    /// (quad-100, [`PeerTable::with_local_addresses`]); a [`LocalService`] takes it.
+    Local(&'a [u8]),
+    /// A datagram on the WireGuard socket that is disco or STUN, not WireGuard
+    /// ([`is_off_path_datagram`]); an [`OffPath::non_wireguard`] takes it.
+    OffPath(SocketAddr, &'a [u8]),
 }
 
 /// The last AllowedIPs answer, kept while one batch is processed. The segments of a TUN
@@ -108,9 +127,23 @@ pub enum Emit<'a> {
 #[derive(Default)]
 pub struct LookupMemo<'t> {
     last: Option<(IpAddr, Option<&'t Arc<Peer>>)>,
+    /// The batch's `now` in [`Peer::last_send_ms`] units, worked out once per batch.
+    send_ms: Option<(Instant, u64)>,
 }
 
 impl<'t> LookupMemo<'t> {
+    /// `now` in [`Peer::last_send_ms`] units.
+    fn send_ms(&mut self, shared: &Shared, now: Instant) -> u64 {
+        match self.send_ms {
+            Some((at, ms)) if at == now => ms,
+            _ => {
+                let ms = shared.ms_at(now);
+                self.send_ms = Some((now, ms));
+                ms
+            }
+        }
+    }
+
     fn lookup(&mut self, by_ip: &'t AllowedIps<Arc<Peer>>, addr: IpAddr) -> Option<&'t Arc<Peer>> {
         match self.last {
             Some((a, peer)) if a == addr => peer,
@@ -124,8 +157,9 @@ impl<'t> LookupMemo<'t> {
 }
 
 /// Where packets go that leave the per-packet path: the control thread, which runs
-/// disco, STUN and the DERP connections. Implementations copy what they need and hand
-/// it over without blocking (a full queue drops the packet).
+/// disco, STUN and the DERP connections. The I/O layer hands it [`Emit::OffPath`] and
+/// [`Emit::Relay`]. Implementations copy what they need and hand it over without
+/// blocking (a full queue drops the packet).
 pub trait OffPath: Send + Sync {
     /// A datagram on the WireGuard socket that is disco or STUN, not WireGuard.
     fn non_wireguard(&self, from: SocketAddr, datagram: &[u8]);
@@ -135,26 +169,18 @@ pub trait OffPath: Send + Sync {
 
 pub use ringscale_wire::disco::is_off_path_datagram;
 
-/// What all the tables of one engine share: the off-path hook and a coarse clock for
-/// noting when peers were last sent to.
+/// What all the tables of one engine share: the time base of [`Peer::last_send_ms`].
+#[derive(Default)]
 struct Shared {
-    off_path: OnceLock<Arc<dyn OffPath>>,
-    /// The in-process service owning some addresses (quad-100), if any.
-    local: OnceLock<Arc<dyn LocalService>>,
-    epoch: Instant,
-    /// Milliseconds since `epoch`, advanced by [`PeerTable::tick`]; coarse on purpose so
-    /// the packet path reads an atomic instead of the clock.
-    now_ms: AtomicU64,
+    /// The first instant any of the tables was given.
+    epoch: OnceLock<Instant>,
 }
 
-impl Default for Shared {
-    fn default() -> Self {
-        Shared {
-            off_path: OnceLock::new(),
-            local: OnceLock::new(),
-            epoch: Instant::now(),
-            now_ms: AtomicU64::new(1),
-        }
+impl Shared {
+    /// Milliseconds from the epoch to `now`, at least 1 (0 means never).
+    fn ms_at(&self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_init(|| now);
+        (now.saturating_duration_since(epoch).as_millis() as u64).max(1)
     }
 }
 
@@ -174,6 +200,9 @@ pub struct Drops {
     /// Packets the packet filter refused (ACLs; from the tunnel, or outbound
     /// multicast/link-local/malformed).
     pub filtered: AtomicU64,
+    /// Packets a replaced table would have had to start WireGuard state for (a worker
+    /// still on it across a reconfiguration).
+    pub retired_table: AtomicU64,
 }
 
 impl Drops {
@@ -183,10 +212,9 @@ impl Drops {
 }
 
 /// A service inside this process that owns some addresses (quad-100): packets from the
-/// TUN to them are handed over instead of being routed to a peer.
+/// TUN to them ([`PeerTable::with_local_addresses`]) are handed over as [`Emit::Local`]
+/// instead of being routed to a peer, and the I/O layer delivers them here.
 pub trait LocalService: Send + Sync {
-    /// Does the service own `dst`? Called for every packet from the TUN: keep it cheap.
-    fn serves(&self, dst: IpAddr) -> bool;
     /// Takes a copy of the packet; must not block.
     fn deliver(&self, pkt: &[u8]);
 }
@@ -204,8 +232,15 @@ struct Identity {
 /// never talked to: made up front, Tunns were over half of the daemon's memory per
 /// netmap peer (heaptrack, 100 peers). A Tunn that does not exist yet is in the state a
 /// fresh one would be in: no sessions, no handshake, nothing queued, zero counters,
-/// and timers that do nothing without a keepalive (peers with one are made at once).
-/// Go's engine likewise configures WireGuard only with the peers in use.
+/// and timers that do nothing without a keepalive (peers with one are made by the
+/// first [`PeerTable::handle_timeout`]). Go's engine likewise configures WireGuard
+/// only with the peers in use.
+///
+/// One `LazyTunn` serves every table that has the peer with the same key, identity and
+/// keepalive (an `Arc` shared by their [`Peer`]s): a worker still on the table before a
+/// reconfiguration uses the very session the new table uses. Were it a copy (or moved
+/// out), that worker would find no state and make a second Tunn with the same session
+/// index, whose handshake would race the real one.
 struct LazyTunn {
     tunn: Mutex<Option<Box<Tunn>>>,
     peer: Key,
@@ -215,55 +250,49 @@ struct LazyTunn {
 }
 
 impl LazyTunn {
-    fn new(
-        made: Option<Box<Tunn>>,
-        peer: Key,
-        keepalive: Option<u16>,
-        index: u32,
-        identity: &Arc<Identity>,
-    ) -> LazyTunn {
-        let lazy = LazyTunn {
-            tunn: Mutex::new(made),
+    fn new(peer: Key, keepalive: Option<u16>, index: u32, identity: &Arc<Identity>) -> LazyTunn {
+        LazyTunn {
+            tunn: Mutex::new(None),
             peer,
             keepalive,
             index,
             identity: identity.clone(),
-        };
-        if keepalive.is_some() {
-            // Its timers send keepalives from the start, as a Tunn made up front does.
-            drop(lazy.lock());
         }
-        lazy
     }
 
-    fn make(&self) -> Box<Tunn> {
-        Box::new(Tunn::new(
+    fn make(&self, now: Instant) -> Box<Tunn> {
+        Box::new(Tunn::new_at(
             self.identity.private.clone(),
             PublicKey::from(self.peer.0),
             None,
             self.keepalive,
             self.index,
             Some(self.identity.rate_limiter.clone()),
+            now,
         ))
     }
 
-    /// The peer's Tunn, made now if it does not exist yet.
-    fn lock(&self) -> MappedMutexGuard<'_, Tunn> {
-        MutexGuard::map(self.tunn.lock(), |t| {
-            &mut **t.get_or_insert_with(|| self.make())
+    /// The peer's Tunn, made now if it does not exist yet, unless `retired` (the table
+    /// asking was replaced: it must not start WireGuard state of its own). The flag is
+    /// read under the lock, so state is made only by a table that was current then.
+    fn lock_or_make(
+        &self,
+        now: Instant,
+        retired: &AtomicBool,
+    ) -> Option<MappedMutexGuard<'_, Tunn>> {
+        MutexGuard::try_map(self.tunn.lock(), |t| {
+            if t.is_none() && !retired.load(Ordering::Acquire) {
+                *t = Some(self.make(now));
+            }
+            t.as_deref_mut()
         })
+        .ok()
     }
 
     /// The peer's Tunn if it was ever made: reading stats or running timers of a peer
     /// never used must not make one.
     fn lock_made(&self) -> Option<MappedMutexGuard<'_, Tunn>> {
         MutexGuard::try_map(self.tunn.lock(), |t| t.as_deref_mut()).ok()
-    }
-
-    /// Takes the Tunn out (for the same peer's entry in a new table); this one starts
-    /// over as never made.
-    fn take(&self) -> Option<Box<Tunn>> {
-        self.tunn.lock().take()
     }
 }
 
@@ -273,7 +302,7 @@ pub struct Peer {
     /// Upper 24 bits of our session indices; routes incoming packets to this peer.
     index: u32,
     keepalive: Option<u16>,
-    tunn: LazyTunn,
+    tunn: Arc<LazyTunn>,
     endpoint: Mutex<Option<SocketAddr>>,
     /// The endpoint the configuration gave; a new configuration with the same value
     /// keeps the roamed-to endpoint instead of resetting it.
@@ -282,7 +311,7 @@ pub struct Peer {
     /// The endpoint was set by path discovery ([`PeerTable::set_endpoint`]): incoming
     /// packets do not move it, and new configurations keep it.
     pinned: AtomicBool,
-    /// When we last sent to this peer, in the table's coarse milliseconds (0: never).
+    /// When we last sent to this peer, in [`Peer::last_send_ms`] units (0: never).
     last_send: AtomicU64,
 }
 
@@ -291,7 +320,8 @@ impl Peer {
         *self.endpoint.lock()
     }
 
-    /// When we last sent to this peer, in [`PeerTable::now_ms`] units (0: never).
+    /// When we last sent to this peer: milliseconds from the first instant the engine's
+    /// tables were given (0: never). Only its changes mean something to callers.
     pub fn last_send_ms(&self) -> u64 {
         self.last_send.load(Ordering::Relaxed)
     }
@@ -303,16 +333,21 @@ impl Peer {
         }
     }
 
-    /// Time since the last handshake, bytes sent, bytes received.
-    pub fn stats(&self) -> (Option<std::time::Duration>, usize, usize) {
+    /// Time since the last handshake as of `now`, bytes sent, bytes received.
+    pub fn stats_at(&self, now: Instant) -> (Option<Duration>, usize, usize) {
         match self.tunn.lock_made() {
             Some(tunn) => {
-                let (hs, tx, rx, _, _) = tunn.stats();
+                let (hs, tx, rx, _, _) = tunn.stats_at(now);
                 (hs, tx, rx)
             }
             // What a fresh Tunn reports.
             None => (None, 0, 0),
         }
+    }
+
+    /// [`Peer::stats_at`] now, for status output (the packet path never asks).
+    pub fn stats(&self) -> (Option<Duration>, usize, usize) {
+        self.stats_at(Instant::now())
     }
 }
 
@@ -325,7 +360,7 @@ fn next_index() -> u32 {
 
 /// The peers of one configuration, looked up by destination address, session index
 /// and public key. Immutable once built; a new configuration builds a new table that
-/// keeps the sessions of peers whose keys did not change.
+/// keeps the sessions of peers whose keys did not change, and retires the old one.
 pub struct PeerTable {
     private: StaticSecret,
     public: PublicKey,
@@ -340,10 +375,24 @@ pub struct PeerTable {
     filter: Option<Filter>,
     pub drops: Arc<Drops>,
     shared: Arc<Shared>,
+    /// Addresses owned by an in-process service: packets to them become [`Emit::Local`].
+    local_addrs: Vec<IpAddr>,
+    /// A newer table replaced this one ([`PeerTable::new`] with this as `previous`).
+    /// Workers may still hold it for a batch; it goes on using the WireGuard state it
+    /// shares with its successor but makes none (no handshake for a peer the new table
+    /// may not have, or has with other settings).
+    retired: AtomicBool,
 }
 
 impl PeerTable {
+    /// The table for `cfg`. With `previous` (the table in use), this is a
+    /// reconfiguration: the WireGuard state (sessions, handshakes, timers) of every peer
+    /// whose key, keepalive and our own key are unchanged is kept, shared with
+    /// `previous`, which is retired.
     pub fn new(cfg: &Config, previous: Option<&PeerTable>) -> PeerTable {
+        if let Some(p) = previous {
+            p.retired.store(true, Ordering::Release);
+        }
         let private = StaticSecret::from(cfg.private_key.0);
         let public = PublicKey::from(&private);
         let same_identity = previous.is_some_and(|p| p.private_key == cfg.private_key);
@@ -379,6 +428,8 @@ impl PeerTable {
             }),
             drops,
             shared,
+            local_addrs: previous.map(|p| p.local_addrs.clone()).unwrap_or_default(),
+            retired: AtomicBool::new(false),
         };
         for pc in &cfg.peers {
             let old = previous
@@ -394,28 +445,21 @@ impl PeerTable {
                     old.clone()
                 }
                 Some(old) => {
-                    // Same session, new routing facts: move the Tunn into a new Peer.
-                    // The old table stays valid for packets already in flight; its Peer
-                    // shares nothing mutable with the new one except through this move.
-                    // A path found by discovery outlives configuration changes.
+                    // Same session, new routing facts: a new Peer sharing the WireGuard
+                    // state. The old table stays valid for packets already in flight,
+                    // on the same sessions. A path found by discovery outlives
+                    // configuration changes.
                     let pinned = old.pinned.load(Ordering::Relaxed);
                     let endpoint = if old.configured_endpoint == pc.endpoint || pinned {
                         old.endpoint()
                     } else {
                         pc.endpoint
                     };
-                    let tunn = old.tunn.take();
                     Arc::new(Peer {
                         key: pc.public_key,
                         index: old.index,
                         keepalive: pc.persistent_keepalive,
-                        tunn: LazyTunn::new(
-                            tunn,
-                            pc.public_key,
-                            pc.persistent_keepalive,
-                            old.index,
-                            &identity,
-                        ),
+                        tunn: old.tunn.clone(),
                         endpoint: Mutex::new(endpoint),
                         configured_endpoint: pc.endpoint,
                         allowed_ips: pc.allowed_ips.clone(),
@@ -429,13 +473,12 @@ impl PeerTable {
                         key: pc.public_key,
                         index,
                         keepalive: pc.persistent_keepalive,
-                        tunn: LazyTunn::new(
-                            None,
+                        tunn: Arc::new(LazyTunn::new(
                             pc.public_key,
                             pc.persistent_keepalive,
                             index,
                             &identity,
-                        ),
+                        )),
                         endpoint: Mutex::new(pc.endpoint),
                         configured_endpoint: pc.endpoint,
                         allowed_ips: pc.allowed_ips.clone(),
@@ -466,23 +509,20 @@ impl PeerTable {
         self.by_key.get(key)
     }
 
-    /// Installs the control thread's hook (once per engine; later calls are ignored).
-    pub fn set_off_path(&self, hook: Arc<dyn OffPath>) {
-        let _ = self.shared.off_path.set(hook);
+    /// This table with packets from the TUN to `addrs` handed to an in-process service
+    /// ([`Emit::Local`]) instead of routed. Tables built from it keep the addresses.
+    pub fn with_local_addresses(mut self, addrs: &[IpAddr]) -> PeerTable {
+        self.local_addrs = addrs.to_vec();
+        self
     }
 
-    /// Installs the in-process service for its addresses (quad-100); once per engine.
-    pub fn set_local_service(&self, svc: Arc<dyn LocalService>) {
-        let _ = self.shared.local.set(svc);
-    }
-
-    /// The coarse clock [`Peer::last_send_ms`] is in.
-    pub fn now_ms(&self) -> u64 {
-        self.shared.now_ms.load(Ordering::Relaxed)
+    /// Was this table replaced by a newer one?
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Path discovery decided where `key` is reached: a direct address or a DERP pseudo
-    /// address ([`crate::disco::derp_addr`]). From now on incoming packets no longer
+    /// address ([`crate::derp_addr`]). From now on incoming packets no longer
     /// move the endpoint, and reconfigurations keep it. False if no such peer.
     pub fn set_endpoint(&self, key: &Key, endpoint: Option<SocketAddr>) -> bool {
         let Some(peer) = self.by_key.get(key) else {
@@ -497,28 +537,50 @@ impl PeerTable {
         true
     }
 
-    /// Sends `wire` for `peer` to `to`: over UDP (an [`Emit`]), or to the control thread
-    /// when `to` is a DERP pseudo address.
+    /// Sends `wire` for `peer` to `to`: over UDP, or through DERP when `to` is a DERP
+    /// pseudo address.
     fn send_to<'a>(
         &self,
         peer: Option<&Peer>,
         to: SocketAddr,
         wire: &'a [u8],
-        emit: &mut impl FnMut(Emit<'a>),
+        emit: &mut (impl FnMut(Emit<'a>) + ?Sized),
     ) {
         match crate::derp_region_of(to) {
             None => emit(Emit::Network(to, wire)),
-            Some(region) => match (peer, self.shared.off_path.get()) {
-                (Some(peer), Some(hook)) => hook.relay(&peer.key, region, wire),
-                _ => Drops::bump(&self.drops.no_endpoint),
+            Some(region) => match peer {
+                Some(peer) => emit(Emit::Relay {
+                    peer: peer.key,
+                    region,
+                    packet: wire,
+                }),
+                None => Drops::bump(&self.drops.no_endpoint),
             },
         }
     }
 
-    /// A packet read from the TUN: encrypt it for the peer that owns its destination.
-    /// `out` must hold the packet plus [`WG_OVERHEAD`] and at least [`MIN_OUT_BUF`].
-    pub fn encapsulate(&self, pkt: &[u8], out: &mut [u8], emit: &mut impl FnMut(Emit<'_>)) {
-        self.encapsulate_with(&mut LookupMemo::default(), pkt, out, emit)
+    /// The peer's WireGuard state, made at `now` if it is the first use; None when this
+    /// table is retired and the state was never made (the packet is dropped: it was in
+    /// flight across a reconfiguration).
+    fn tunn_for<'p>(&self, peer: &'p Peer, now: Instant) -> Option<MappedMutexGuard<'p, Tunn>> {
+        let tunn = peer.tunn.lock_or_make(now, &self.retired);
+        if tunn.is_none() {
+            Drops::bump(&self.drops.retired_table);
+        }
+        tunn
+    }
+
+    /// A packet read from the TUN at `now`: encrypt it for the peer that owns its
+    /// destination. `out` must hold the packet plus [`WG_OVERHEAD`] and at least
+    /// [`MIN_OUT_BUF`].
+    pub fn encapsulate(
+        &self,
+        now: Instant,
+        pkt: &[u8],
+        out: &mut [u8],
+        emit: &mut impl FnMut(Emit<'_>),
+    ) {
+        self.encapsulate_with(&mut LookupMemo::default(), now, pkt, out, emit)
     }
 
     /// [`PeerTable::encapsulate`] for one of a batch of packets that probably share their
@@ -527,16 +589,20 @@ impl PeerTable {
     pub fn encapsulate_with<'t>(
         &'t self,
         memo: &mut LookupMemo<'t>,
+        now: Instant,
         pkt: &[u8],
         out: &mut [u8],
         emit: &mut impl FnMut(Emit<'_>),
     ) {
-        let Some(peer) = self.outbound_peer(memo, pkt) else {
+        let Some(peer) = self.outbound_peer(memo, pkt, emit) else {
             return;
         };
         let endpoint = peer.endpoint();
-        peer.note_send(self.now_ms());
-        let result = peer.tunn.lock().encapsulate(pkt, out);
+        peer.note_send(memo.send_ms(&self.shared, now));
+        let Some(mut tunn) = self.tunn_for(peer, now) else {
+            return;
+        };
+        let result = tunn.encapsulate_at(pkt, out, now);
         self.send_encapsulated(peer, endpoint, result, emit);
     }
 
@@ -547,25 +613,27 @@ impl PeerTable {
     /// many packets under one key at once is much faster ([`TransportKey::seal_batch`]).
     /// Everything else (handshakes, drops, packets relayed over DERP, which leave
     /// at once) is done here as `encapsulate_with` does, and returns None.
+    #[allow(clippy::too_many_arguments)]
     pub fn encapsulate_deferred<'t>(
         &'t self,
         memo: &mut LookupMemo<'t>,
+        now: Instant,
         pkt: &[u8],
         out: &mut [u8],
         keys: &mut BatchKeys,
         emit: &mut impl FnMut(Emit<'_>),
     ) -> Option<DeferredSeal> {
-        let peer = self.outbound_peer(memo, pkt)?;
+        let peer = self.outbound_peer(memo, pkt, emit)?;
         let endpoint = peer.endpoint();
-        peer.note_send(self.now_ms());
+        peer.note_send(memo.send_ms(&self.shared, now));
+        let mut tunn = self.tunn_for(peer, now)?;
         let Some(to) = endpoint.filter(|ep| crate::derp_region_of(*ep).is_none()) else {
-            // The DERP hook takes the datagram now: seal it now.
-            let result = peer.tunn.lock().encapsulate(pkt, out);
+            // A relayed message is handed over as soon as it is emitted: seal it now.
+            let result = tunn.encapsulate_at(pkt, out, now);
             self.send_encapsulated(peer, endpoint, result, emit);
             return None;
         };
-        let mut tunn = peer.tunn.lock();
-        match tunn.encapsulate_header(pkt, out) {
+        match tunn.encapsulate_header(pkt, out, now) {
             Encapsulation::Seal { key, counter } => Some(DeferredSeal {
                 to,
                 counter,
@@ -579,19 +647,22 @@ impl PeerTable {
     }
 
     /// The peer a packet from the TUN goes to, or None when it is dropped (counted) or
-    /// taken by a local service.
-    fn outbound_peer<'t>(&'t self, memo: &mut LookupMemo<'t>, pkt: &[u8]) -> Option<&'t Arc<Peer>> {
+    /// for a local service (emitted as [`Emit::Local`]).
+    fn outbound_peer<'t>(
+        &'t self,
+        memo: &mut LookupMemo<'t>,
+        pkt: &[u8],
+        emit: &mut impl FnMut(Emit<'_>),
+    ) -> Option<&'t Arc<Peer>> {
         let Some(dst) = Tunn::dst_address(pkt) else {
             Drops::bump(&self.drops.no_route);
             return None;
         };
         // A destination that was routed to a peer a packet ago is not a local service's.
         let known = matches!(memo.last, Some((a, Some(_))) if a == dst);
-        if let (false, Some(svc)) = (known, self.shared.local.get()) {
-            if svc.serves(dst) {
-                svc.deliver(pkt);
-                return None;
-            }
+        if !known && self.local_addrs.contains(&dst) {
+            emit(Emit::Local(pkt));
+            return None;
         }
         let Some(peer) = memo.lookup(&self.by_ip, dst) else {
             Drops::bump(&self.drops.no_route);
@@ -624,15 +695,16 @@ impl PeerTable {
         }
     }
 
-    /// A datagram from the network: authenticate, decrypt, and say what follows.
+    /// A datagram from the network at `now`: authenticate, decrypt, and say what follows.
     pub fn decapsulate(
         &self,
+        now: Instant,
         from: SocketAddr,
         dgram: &[u8],
         out: &mut [u8],
         emit: &mut impl FnMut(Emit<'_>),
     ) {
-        self.decapsulate_with(&mut LookupMemo::default(), from, dgram, out, emit)
+        self.decapsulate_with(&mut LookupMemo::default(), now, from, dgram, out, emit)
     }
 
     /// [`PeerTable::decapsulate`] for one of a batch of datagrams that probably come from
@@ -641,16 +713,14 @@ impl PeerTable {
     pub fn decapsulate_with<'t>(
         &'t self,
         memo: &mut LookupMemo<'t>,
+        now: Instant,
         from: SocketAddr,
         dgram: &[u8],
         out: &mut [u8],
         emit: &mut impl FnMut(Emit<'_>),
     ) {
         if is_off_path_datagram(dgram) {
-            match self.shared.off_path.get() {
-                Some(hook) => hook.non_wireguard(from, dgram),
-                None => Drops::bump(&self.drops.invalid),
-            }
+            emit(Emit::OffPath(from, dgram));
             return;
         }
         // MAC check (and cookie reply when under load) before any expensive work.
@@ -686,14 +756,14 @@ impl PeerTable {
         // a peer never used refers to a session we never made: junk, and making a Tunn
         // for it would let forged datagrams spend the memory `LazyTunn` saves.
         let tunn = match packet {
-            Packet::HandshakeInit(_) => Some(peer.tunn.lock()),
+            Packet::HandshakeInit(_) => self.tunn_for(peer, now),
             _ => peer.tunn.lock_made(),
         };
         let Some(mut tunn) = tunn else {
             Drops::bump(&self.drops.invalid);
             return;
         };
-        match tunn.decapsulate(Some(from.ip()), dgram, out) {
+        match tunn.decapsulate_at(Some(from.ip()), dgram, out, now) {
             TunnResult::WriteToNetwork(wire) => {
                 // Answers go where the peer's packets go: the discovered path when there
                 // is one, else back where this came from.
@@ -703,7 +773,9 @@ impl PeerTable {
                 };
                 self.send_to(Some(peer), to, wire, emit);
                 // A completed handshake releases packets queued while it ran.
-                while let TunnResult::WriteToNetwork(wire) = tunn.decapsulate(None, &[], out) {
+                while let TunnResult::WriteToNetwork(wire) =
+                    tunn.decapsulate_at(None, &[], out, now)
+                {
                     self.send_to(Some(peer), to, wire, emit);
                 }
             }
@@ -727,6 +799,7 @@ impl PeerTable {
     pub fn decapsulate_batch<'t>(
         &'t self,
         memo: &mut LookupMemo<'t>,
+        now: Instant,
         from: SocketAddr,
         data: &[u8],
         segment: usize,
@@ -768,9 +841,9 @@ impl PeerTable {
                     Drops::bump(&self.drops.rejected);
                 }
                 None => {
-                    self.finish_opens(memo, from, data, out, batch, emit);
+                    self.finish_opens(memo, now, from, data, out, batch, emit);
                     let mut end = used;
-                    self.decapsulate_with(memo, from, dgram, &mut out[used..], &mut |e| {
+                    self.decapsulate_with(memo, now, from, dgram, &mut out[used..], &mut |e| {
                         if let Emit::Tun(pkt) = &e {
                             end = end.max(pkt.as_ptr() as usize - base + pkt.len());
                         }
@@ -780,7 +853,7 @@ impl PeerTable {
                 }
             }
         }
-        self.finish_opens(memo, from, data, out, batch, emit);
+        self.finish_opens(memo, now, from, data, out, batch, emit);
     }
 
     /// For a data packet of an established session that passes the checks made before
@@ -809,9 +882,11 @@ impl PeerTable {
     /// Opens the pending data packets of `batch` (their ciphertext in `data`, plaintext
     /// into `out`) and finishes each in order: replay window, timers, source check,
     /// filter, TUN, roaming.
+    #[allow(clippy::too_many_arguments)]
     fn finish_opens<'t>(
         &'t self,
         memo: &mut LookupMemo<'t>,
+        now: Instant,
         from: SocketAddr,
         data: &[u8],
         out: &mut [u8],
@@ -837,7 +912,13 @@ impl PeerTable {
                 continue;
             };
             let plaintext = &mut out[job.out_start..job.out_start + job.sealed.len() - TAG_LEN];
-            let result = tunn.finish_data(receiver_idx, job.counter, job.opened.is_ok(), plaintext);
+            let result = tunn.finish_data(
+                receiver_idx,
+                job.counter,
+                job.opened.is_ok(),
+                plaintext,
+                now,
+            );
             if self.deliver(memo, peer, from, result, emit) {
                 drop(tunn);
                 self.roam(peer, from);
@@ -923,18 +1004,54 @@ impl PeerTable {
         ok
     }
 
-    /// Runs WireGuard's timers (handshake retries, rekeys, keepalives). Call a few
-    /// times a second.
-    pub fn tick(&self, out: &mut [u8], emit: &mut impl FnMut(Emit<'_>)) {
-        let now_ms = (self.shared.epoch.elapsed().as_millis() as u64).max(1);
-        self.shared.now_ms.store(now_ms, Ordering::Relaxed);
+    /// When [`PeerTable::handle_timeout`] next has something to do (a handshake
+    /// retransmit, rekey or give-up, a keepalive, a session to expire); None when no
+    /// WireGuard timer runs. Packets handled meanwhile can bring it forward (a first
+    /// packet starts a handshake, whose retransmit is due 5 s later), so a caller with
+    /// packets moving on other threads polls again now and then.
+    ///
+    /// The timers of peers with a persistent keepalive start at the first
+    /// `handle_timeout` (due at once, from the first instant the table was given; a
+    /// table never given one cannot say when that is, so call `handle_timeout` once to
+    /// start).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for peer in &self.peers {
-            let endpoint = peer.endpoint();
-            // A peer never used has no timers running (see `LazyTunn`).
-            let Some(mut tunn) = peer.tunn.lock_made() else {
+            let Some(tunn) = peer.tunn.lock_made() else {
+                if peer.keepalive.is_some() && !self.is_retired() {
+                    if let Some(&epoch) = self.shared.epoch.get() {
+                        at(epoch);
+                    }
+                }
                 continue;
             };
-            match tunn.update_timers(out) {
+            if let Some(t) = tunn.next_timer_at() {
+                at(t);
+            }
+        }
+        next
+    }
+
+    /// Runs WireGuard's timers at `now` (handshake retransmits and give-ups, rekeys,
+    /// keepalives, session expiry), emitting what they send; also moves the handshake
+    /// rate limiter's window on. Call it when [`PeerTable::poll_timeout`] says, or a
+    /// few times a second.
+    pub fn handle_timeout(&self, now: Instant, out: &mut [u8], emit: &mut impl FnMut(Emit<'_>)) {
+        self.shared.ms_at(now);
+        self.rate_limiter.reset_count_at(now);
+        for peer in &self.peers {
+            let endpoint = peer.endpoint();
+            // A peer never used has no timers running (see `LazyTunn`), unless it has a
+            // keepalive: its timers run from the start, as if made up front.
+            let tunn = match peer.keepalive {
+                Some(_) => peer.tunn.lock_or_make(now, &self.retired),
+                None => peer.tunn.lock_made(),
+            };
+            let Some(mut tunn) = tunn else {
+                continue;
+            };
+            match tunn.update_timers_at(out, now) {
                 TunnResult::WriteToNetwork(wire) => {
                     if let Some(ep) = endpoint {
                         self.send_to(Some(peer), ep, wire, emit);
@@ -946,9 +1063,7 @@ impl PeerTable {
             }
         }
     }
-
-    /// Resets the handshake rate limiter's window; call once a second.
-    pub fn reset_rate_limit(&self) {
-        self.rate_limiter.reset_count();
-    }
 }
+
+#[cfg(test)]
+mod tests;

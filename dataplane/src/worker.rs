@@ -14,6 +14,9 @@
 //!   buffers a [`Transmit`] implementation owns and sent by it;
 //! * [`Decryptor`] turns one UDP receive (a GRO batch) into TUN writes in a buffer the
 //!   caller owns;
+//! * both take the time as an argument, read by the backend once per batch, and hand
+//!   what is neither a datagram of theirs nor a TUN write (DERP relaying, disco/STUN,
+//!   quad-100) to the caller, which passes it to the engine's [`Diverted`];
 //! * the `epoll` backend ([`tun_to_network`], [`network_to_tun`]): two threads per
 //!   worker with blocking syscalls. It is named `epoll` on the command line because
 //!   that is the name users know for "plain syscalls, no io_uring"; blocking threads
@@ -24,7 +27,8 @@
 
 use crate::offload::{Coalescer, OffloadError, Segmenter, VNET_HDR_LEN};
 use crate::wireguard::{
-    BatchKeys, Emit, LookupMemo, OpenBatch, PeerTable, DATA_HEADER, MIN_OUT_BUF, WG_OVERHEAD,
+    BatchKeys, Drops, Emit, LocalService, LookupMemo, OffPath, OpenBatch, PeerTable, DATA_HEADER,
+    MIN_OUT_BUF, WG_OVERHEAD,
 };
 use parking_lot::Mutex;
 use ringscale_aead::SealJob;
@@ -34,7 +38,8 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 /// Largest UDP payload one GSO send may carry (IPv4 limit, less headers).
 pub(crate) const GSO_MAX_BYTES: usize = 65_000;
@@ -128,6 +133,77 @@ pub fn choose_backend(
 
 /// The current peer table, replaced whole on reconfiguration.
 pub type TableSlot = Mutex<Arc<PeerTable>>;
+
+/// Where the engine sends the packet path's outputs that are neither a UDP datagram
+/// of a worker nor a TUN write: WireGuard messages relayed through DERP and disco/STUN
+/// datagrams go to the control thread ([`OffPath`], attached once it runs: until then
+/// they are dropped, as plain WireGuard would), packets for quad-100 to the
+/// [`LocalService`]. One per engine, shared by its workers, timer thread and itself.
+pub struct Diverted {
+    off_path: OnceLock<Arc<dyn OffPath>>,
+    local: OnceLock<Arc<dyn LocalService>>,
+    drops: Arc<Drops>,
+}
+
+impl Diverted {
+    /// `drops`: where to count what finds no handler.
+    pub fn new(drops: Arc<Drops>) -> Diverted {
+        Diverted {
+            off_path: OnceLock::new(),
+            local: OnceLock::new(),
+            drops,
+        }
+    }
+
+    /// Attaches the control thread (once; later calls are ignored).
+    pub fn set_off_path(&self, hook: Arc<dyn OffPath>) {
+        let _ = self.off_path.set(hook);
+    }
+
+    /// Attaches the in-process service (once; later calls are ignored).
+    pub fn set_local(&self, svc: Arc<dyn LocalService>) {
+        let _ = self.local.set(svc);
+    }
+
+    /// Carries out `out` if it is one of this sink's kinds ([`Emit::Relay`],
+    /// [`Emit::OffPath`], [`Emit::Local`]); gives back the others (datagrams and TUN
+    /// writes, the caller's own).
+    pub fn take<'a>(&self, out: Emit<'a>) -> Option<Emit<'a>> {
+        match out {
+            Emit::Relay {
+                peer,
+                region,
+                packet,
+            } => match self.off_path.get() {
+                Some(h) => h.relay(&peer, region, packet),
+                None => {
+                    self.drops.no_endpoint.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Emit::OffPath(from, datagram) => match self.off_path.get() {
+                Some(h) => h.non_wireguard(from, datagram),
+                None => {
+                    self.drops.invalid.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Emit::Local(pkt) => {
+                if let Some(svc) = self.local.get() {
+                    svc.deliver(pkt);
+                }
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// [`Diverted::take`] where only this sink's kinds can come (anything else would be
+    /// a bug: logged and dropped).
+    pub fn divert(&self, out: Emit<'_>) {
+        if let Some(other) = self.take(out) {
+            log::debug!("packet path output with no handler here: {other:?}");
+        }
+    }
+}
 
 pub(crate) fn table(slot: &TableSlot) -> Arc<PeerTable> {
     slot.lock().clone()
@@ -262,16 +338,20 @@ impl Encryptor {
         }
     }
 
-    /// Handles one TUN read (starting with its virtio_net_hdr when `tun_tso`): every
-    /// packet in it is encrypted and handed to `tx` in as few runs as UDP GSO allows.
+    /// Handles one TUN read at `now` (starting with its virtio_net_hdr when `tun_tso`):
+    /// every packet in it is encrypted and handed to `tx` in as few runs as UDP GSO
+    /// allows. What does not leave as a datagram of a run (messages relayed through
+    /// DERP, packets for quad-100) goes to `divert` at once.
     pub fn process(
         &mut self,
         table: &PeerTable,
+        now: Instant,
         read: &[u8],
         tun_tso: bool,
         tx: &mut impl Transmit,
+        divert: &mut dyn FnMut(Emit<'_>),
     ) {
-        self.process_more(table, read, tun_tso, tx);
+        self.process_more(table, now, read, tun_tso, tx, divert);
         self.flush(tx);
     }
 
@@ -282,9 +362,11 @@ impl Encryptor {
     pub fn process_more(
         &mut self,
         table: &PeerTable,
+        now: Instant,
         read: &[u8],
         tun_tso: bool,
         tx: &mut impl Transmit,
+        divert: &mut dyn FnMut(Emit<'_>),
     ) {
         // Writing from the buffer's start again is only possible with no run open.
         if self.batch.count == 0 && tx.rewind() {
@@ -300,13 +382,16 @@ impl Encryptor {
                 }
             };
             for i in 0..seg.segment_count() {
-                if let Err(e) = self.batch.encrypt_segment(table, &mut memo, &seg, i, tx) {
+                if let Err(e) = self
+                    .batch
+                    .encrypt_segment(table, &mut memo, now, &seg, i, tx, divert)
+                {
                     log::debug!("segmenting: {e}");
                     break;
                 }
             }
         } else {
-            self.batch.encrypt(table, &mut memo, read, tx);
+            self.batch.encrypt(table, &mut memo, now, read, tx, divert);
         }
     }
 
@@ -350,8 +435,10 @@ impl Batch {
         &mut self,
         table: &'t PeerTable,
         memo: &mut LookupMemo<'t>,
+        now: Instant,
         pkt: &[u8],
         tx: &mut impl Transmit,
+        divert: &mut dyn FnMut(Emit<'_>),
     ) {
         if !self.make_room(pkt.len(), tx) {
             return;
@@ -359,10 +446,11 @@ impl Batch {
         let buf = tx.buffer();
         let base = buf.as_ptr() as usize;
         let mut sent: Option<(SocketAddr, usize, usize)> = None;
-        table.encapsulate_with(memo, pkt, &mut buf[self.end..], &mut |e| {
-            if let Emit::Network(to, wire) = e {
+        table.encapsulate_with(memo, now, pkt, &mut buf[self.end..], &mut |e| match e {
+            Emit::Network(to, wire) => {
                 sent = Some((to, wire.as_ptr() as usize - base, wire.len()));
             }
+            other => divert(other),
         });
         if let Some((to, at, wire)) = sent {
             self.add(to, at, wire, tx);
@@ -371,13 +459,16 @@ impl Batch {
 
     /// Encrypts segment `i` of a super-packet: written into the sealer's buffer, its
     /// header now, its sealing when the run is sent. Err: the segment cannot be made.
+    #[allow(clippy::too_many_arguments)]
     fn encrypt_segment<'t>(
         &mut self,
         table: &'t PeerTable,
         memo: &mut LookupMemo<'t>,
+        now: Instant,
         seg: &Segmenter,
         i: usize,
         tx: &mut impl Transmit,
+        divert: &mut dyn FnMut(Emit<'_>),
     ) -> Result<(), OffloadError> {
         if !self.make_room(seg.segment_len(i), tx) {
             return Ok(());
@@ -393,13 +484,15 @@ impl Batch {
         let mut sent: Option<(SocketAddr, usize, usize)> = None;
         let deferred = table.encapsulate_deferred(
             memo,
+            now,
             &sealer.plain[at..at + len],
             &mut buf[self.end..],
             &mut sealer.keys,
-            &mut |e| {
-                if let Emit::Network(to, wire) = e {
+            &mut |e| match e {
+                Emit::Network(to, wire) => {
                     sent = Some((to, wire.as_ptr() as usize - base, wire.len()));
                 }
+                other => divert(other),
             },
         );
         if let Some(d) = deferred {
@@ -527,18 +620,21 @@ impl Decryptor {
     /// GRO batch of `segment`-byte datagrams. What goes to the TUN is written into `out`
     /// (at least [`RX_OUT_BUFFER`] bytes; with a virtio_net_hdr in front when
     /// `tun_tso`), one write each, at the positions pushed to `writes` (cleared
-    /// first). Datagrams WireGuard answers with (handshakes, cookies) go to `reply`.
+    /// first). Everything else goes to `other` at once: datagrams WireGuard answers with
+    /// (handshakes, cookies: [`Emit::Network`]), and what leaves the packet path
+    /// (relayed handshakes, disco/STUN).
     #[allow(clippy::too_many_arguments)]
     pub fn process(
         &mut self,
         table: &PeerTable,
+        now: Instant,
         from: SocketAddr,
         data: &[u8],
         segment: usize,
         tun_tso: bool,
         out: &mut [u8],
         writes: &mut Vec<Range<usize>>,
-        reply: &mut impl FnMut(SocketAddr, &[u8]),
+        other: &mut impl FnMut(Emit<'_>),
     ) {
         writes.clear();
         let dst: &mut [u8] = if tun_tso { &mut self.plain } else { out };
@@ -552,17 +648,18 @@ impl Decryptor {
         let mut memo = LookupMemo::default();
         table.decapsulate_batch(
             &mut memo,
+            now,
             from,
             data,
             segment,
             dst,
             &mut self.opens,
             &mut |e| match e {
-                Emit::Network(to, wire) => reply(to, wire),
                 Emit::Tun(pkt) => {
                     let start = pkt.as_ptr() as usize - base;
                     spans.push(start..start + pkt.len());
                 }
+                e => other(e),
             },
         );
         if !tun_tso || self.spans.is_empty() {
@@ -652,13 +749,15 @@ impl Transmit for SyscallTx<'_> {
 /// that arrived together leave in one UDP GSO send instead of one sendmsg each, as on
 /// the io_uring backend. The thread waits only in that first read, inside the kernel,
 /// and ends when a read fails for good: the TUN went away, which is also how the
-/// engine stops it (it sets `stop` and deletes the interface).
+/// engine stops it (it sets `stop` and deletes the interface). Relayed messages and
+/// quad-100 packets go to `diverted`.
 pub fn tun_to_network(
     slot: &TableSlot,
     tun: &Tun,
     sock: &UdpSocket,
     off: Offloads,
     stop: &AtomicBool,
+    diverted: &Diverted,
 ) {
     let mut tx = SyscallTx {
         sock,
@@ -666,7 +765,13 @@ pub fn tun_to_network(
         buf: vec![0; TX_BUFFER].into_boxed_slice(),
         gso: off.udp_gso,
     };
-    let e = encrypt_batches(&mut TunQueue::new(tun), slot, off.tun_tso, &mut tx);
+    let e = encrypt_batches(
+        &mut TunQueue::new(tun),
+        slot,
+        off.tun_tso,
+        &mut tx,
+        &mut |e| diverted.divert(e),
+    );
     if !stop.load(Ordering::Relaxed) {
         log::error!("read from {}: {e}; packet path stopped", tun.name());
     }
@@ -779,11 +884,12 @@ fn encrypt_batches(
     slot: &TableSlot,
     tun_tso: bool,
     tx: &mut impl Transmit,
+    divert: &mut dyn FnMut(Emit<'_>),
 ) -> io::Error {
     let mut read = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
     let mut enc = Encryptor::new();
     loop {
-        if let Err(e) = encrypt_batch(src, slot, &mut enc, &mut read, tun_tso, tx) {
+        if let Err(e) = encrypt_batch(src, slot, &mut enc, &mut read, tun_tso, tx, divert) {
             return e;
         }
     }
@@ -800,6 +906,7 @@ fn encrypt_batch(
     read: &mut [u8],
     tun_tso: bool,
     tx: &mut impl Transmit,
+    divert: &mut dyn FnMut(Emit<'_>),
 ) -> io::Result<usize> {
     let first = loop {
         match src.read_wait(read) {
@@ -808,15 +915,17 @@ fn encrypt_batch(
             Err(e) => return Err(e),
         }
     };
-    // The table as of this batch: a new configuration applies from the next.
+    // The table and the time as of this batch: a new configuration applies from the
+    // next; one clock read serves every packet of the batch.
     let table = table(slot);
+    let now = Instant::now();
     let mut reads = 0;
     let mut next = Some(first);
     while let Some(n) = next {
         reads += 1;
         // An empty read carries no packet (WireGuard would send a keepalive for it).
         if n > 0 {
-            enc.process_more(&table, &read[..n], tun_tso, tx);
+            enc.process_more(&table, now, &read[..n], tun_tso, tx, divert);
         }
         next = if reads < READ_BATCH {
             src.read_queued(read)
@@ -831,12 +940,14 @@ fn encrypt_batch(
 /// Network → TUN on a blocking thread: receive GRO batches, decrypt, coalesce, write.
 /// Ends once `stop` is set; the engine then shuts the socket for reading
 /// ([`udp::shutdown_receive`]) so that a receive waiting for a datagram returns.
+/// Disco/STUN datagrams and relayed handshake answers go to `diverted`.
 pub fn network_to_tun(
     slot: &TableSlot,
     tun: &Tun,
     sock: &UdpSocket,
     off: Offloads,
     stop: &AtomicBool,
+    diverted: &Diverted,
 ) {
     let is_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut recv = vec![0u8; MAX_PACKET];
@@ -857,15 +968,21 @@ pub fn network_to_tun(
             }
         };
         let from = udp::canonical(from);
+        // One clock read per receive: a GRO batch of up to 64 datagrams.
         dec.process(
             &table(slot),
+            Instant::now(),
             from,
             &recv[..n],
             seg,
             off.tun_tso,
             &mut out,
             &mut writes,
-            &mut |to, wire| send_plain(sock, is_v6, to, wire),
+            &mut |e| {
+                if let Some(Emit::Network(to, wire)) = diverted.take(e) {
+                    send_plain(sock, is_v6, to, wire);
+                }
+            },
         );
         for r in &writes {
             if let Err(e) = tun.write(&out[r.clone()]) {
@@ -960,7 +1077,7 @@ mod tests {
         let b = PeerTable::new(&config(2, 1, "10.0.0.1/32", EP_A), None);
         let mut out = vec![0u8; 4096];
         let mut wire: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-        a.encapsulate(&tcp_v4(0, b"hello"), &mut out, &mut |e| {
+        a.encapsulate(Instant::now(), &tcp_v4(0, b"hello"), &mut out, &mut |e| {
             if let Emit::Network(to, w) = e {
                 wire.push((to, w.to_vec()));
             }
@@ -974,7 +1091,7 @@ mod tests {
                 } else {
                     (&a, ep(EP_B))
                 };
-                table.decapsulate(from, &w, &mut out, &mut |e| {
+                table.decapsulate(Instant::now(), from, &w, &mut out, &mut |e| {
                     if let Emit::Network(to, w) = e {
                         wire.push((to, w.to_vec()));
                     }
@@ -1009,7 +1126,14 @@ mod tests {
             data: vec![],
             gso,
         };
-        Encryptor::new().process(&a, &tso_read(&payload, 1240), true, &mut tx);
+        Encryptor::new().process(
+            &a,
+            Instant::now(),
+            &tso_read(&payload, 1240),
+            true,
+            &mut tx,
+            &mut no_divert,
+        );
         let mut dec = Decryptor::new(true);
         let mut out = vec![0u8; RX_OUT_BUFFER];
         let mut writes = Vec::new();
@@ -1018,13 +1142,14 @@ mod tests {
         for (run, data) in tx.runs.iter().zip(&tx.data) {
             dec.process(
                 &b,
+                Instant::now(),
                 ep(EP_A),
                 data,
                 usize::from(run.segment),
                 true,
                 &mut out,
                 &mut writes,
-                &mut |_, _| panic!("unexpected reply"),
+                &mut |e| panic!("unexpected output {e:?}"),
             );
             tun_writes += writes.len();
             received.extend(tun_payload(&writes, &out));
@@ -1073,7 +1198,14 @@ mod tests {
         // Five plain reads (no TSO: one packet each), as a backend gets them from one
         // io_uring_enter: one run of five equal datagrams, sent at the flush.
         for i in 0..5 {
-            enc.process_more(&a, &tcp_v4(i * 100, &[7; 100]), false, &mut tx);
+            enc.process_more(
+                &a,
+                Instant::now(),
+                &tcp_v4(i * 100, &[7; 100]),
+                false,
+                &mut tx,
+                &mut no_divert,
+            );
         }
         assert!(tx.runs.is_empty(), "a run was sent before the flush");
         enc.flush(&mut tx);
@@ -1081,7 +1213,14 @@ mod tests {
         assert_eq!((tx.runs[0].count, tx.runs[0].segment), (5, 172));
         // One read at a time (`process`): a send each.
         for i in 0..3 {
-            enc.process(&a, &tcp_v4(i * 100, &[7; 100]), false, &mut tx);
+            enc.process(
+                &a,
+                Instant::now(),
+                &tcp_v4(i * 100, &[7; 100]),
+                false,
+                &mut tx,
+                &mut no_divert,
+            );
         }
         assert_eq!(tx.runs.len(), 4);
         assert!(tx.runs[1..].iter().all(|r| r.count == 1));
@@ -1101,7 +1240,7 @@ mod tests {
             for k in 0..3u32 {
                 let seq = 1000 + k * 30_000;
                 let read = testpkt::tso_read(&ip_a_to_b(), &tcp(seq), &big, 1240, false);
-                enc.process_more(&a, &read, true, &mut tx);
+                enc.process_more(&a, Instant::now(), &read, true, &mut tx, &mut no_divert);
                 want.extend_from_slice(&big);
             }
             enc.flush(&mut tx);
@@ -1119,7 +1258,14 @@ mod tests {
         let (a, b) = connected();
         let payload: Vec<u8> = (0..40_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
         let mut tx = fake_tx(TX_BUFFER, true);
-        Encryptor::new().process(&a, &tso_read(&payload, 1240), true, &mut tx);
+        Encryptor::new().process(
+            &a,
+            Instant::now(),
+            &tso_read(&payload, 1240),
+            true,
+            &mut tx,
+            &mut no_divert,
+        );
         assert_eq!(tx.runs.len(), 1);
         let seg = usize::from(tx.runs[0].segment);
         let mut data = tx.data[0].clone();
@@ -1134,13 +1280,14 @@ mod tests {
         let mut writes = Vec::new();
         dec.process(
             &b,
+            Instant::now(),
             ep(EP_A),
             &data,
             seg,
             true,
             &mut out,
             &mut writes,
-            &mut |_, _| panic!("unexpected reply"),
+            &mut |e| panic!("unexpected output {e:?}"),
         );
         let mut want = Vec::new();
         for (i, chunk) in payload.chunks(1240).enumerate() {
@@ -1158,7 +1305,7 @@ mod tests {
         );
     }
 
-    /// Relays what the DERP path gets, as the control thread would.
+    /// Records what the DERP path gets, as the control thread would.
     #[derive(Default)]
     struct RecordingOffPath(Mutex<Vec<Vec<u8>>>);
 
@@ -1169,25 +1316,38 @@ mod tests {
         }
     }
 
+    /// For runs that must divert nothing.
+    fn no_divert(e: Emit<'_>) {
+        panic!("unexpected diverted output {e:?}");
+    }
+
     /// A super-packet for a peer reached over DERP is handed to the control thread
     /// segment by segment, each already sealed (it leaves at once, not with a run).
     #[test]
     fn segments_relayed_over_derp_are_sealed_when_handed_over() {
         let (a, b) = connected();
         let hook = Arc::new(RecordingOffPath::default());
-        a.set_off_path(hook.clone());
+        let diverted = Diverted::new(a.drops.clone());
+        diverted.set_off_path(hook.clone());
         let b_key = Key(PublicKey::from(&StaticSecret::from([2; 32])).to_bytes());
         assert!(a.set_endpoint(&b_key, Some(crate::derp_addr(1))));
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
         let mut tx = fake_tx(TX_BUFFER, true);
-        Encryptor::new().process(&a, &tso_read(&payload, 1240), true, &mut tx);
+        Encryptor::new().process(
+            &a,
+            Instant::now(),
+            &tso_read(&payload, 1240),
+            true,
+            &mut tx,
+            &mut |e| assert!(diverted.take(e).is_none(), "not a relayed message"),
+        );
         assert!(tx.runs.is_empty(), "DERP traffic went out over UDP");
         let relayed = hook.0.lock().clone();
         assert_eq!(relayed.len(), 9);
         let mut out = vec![0u8; MAX_PACKET];
         let mut got = Vec::new();
         for d in &relayed {
-            b.decapsulate(ep(EP_A), d, &mut out, &mut |e| {
+            b.decapsulate(Instant::now(), ep(EP_A), d, &mut out, &mut |e| {
                 if let Emit::Tun(p) = e {
                     got.extend_from_slice(&p[40..]);
                 }
@@ -1273,9 +1433,9 @@ mod tests {
             let dgrams: Vec<&[u8]> = data.chunks(seg).collect();
             assert_eq!(dgrams.len(), run.count, "run of {} datagrams", run.count);
             for d in dgrams {
-                b.decapsulate(ep(EP_A), d, &mut out, &mut |e| match e {
+                b.decapsulate(Instant::now(), ep(EP_A), d, &mut out, &mut |e| match e {
                     Emit::Tun(p) => got.push(p.to_vec()),
-                    Emit::Network(..) => panic!("unexpected reply"),
+                    e => panic!("unexpected output {e:?}"),
                 });
             }
         }
@@ -1292,7 +1452,7 @@ mod tests {
     ) -> ScriptedReads {
         let slot: TableSlot = Mutex::new(Arc::new(a));
         let mut src = ScriptedReads::new(bursts);
-        let e = encrypt_batches(&mut src, &slot, tun_tso, tx);
+        let e = encrypt_batches(&mut src, &slot, tun_tso, tx, &mut no_divert);
         assert_eq!(e.raw_os_error(), Some(libc::EBADFD), "stopped for {e}");
         src
     }
@@ -1399,7 +1559,7 @@ mod tests {
         let (a, _b) = connected();
         let slot: TableSlot = Mutex::new(Arc::new(a));
         let mut tx = fake_tx(TX_BUFFER, true);
-        let e = encrypt_batches(&mut Flaky(0), &slot, false, &mut tx);
+        let e = encrypt_batches(&mut Flaky(0), &slot, false, &mut tx, &mut no_divert);
         assert_eq!(e.raw_os_error(), Some(libc::EBADFD));
         // A signal does not stop the thread, and an empty read is no keepalive.
         assert!(tx.runs.is_empty());

@@ -6,6 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
 
 use ringscale_dataplane::wireguard::{Emit, PeerTable, MIN_OUT_BUF};
 use ringscale_dataplane::{Config, Key, PeerConfig};
@@ -94,7 +95,15 @@ fn idle_peers_hold_no_wireguard_state_yet_a_packet_still_starts_a_handshake() {
     let before = live();
     let table = PeerTable::new(&cfg, None);
     // Timers and status of peers never used must not make their state either.
-    table.tick(&mut out, &mut |_| panic!("an idle peer sent something"));
+    let now = Instant::now();
+    table.handle_timeout(now, &mut out, &mut |_| {
+        panic!("an idle peer sent something")
+    });
+    assert_eq!(
+        table.poll_timeout(),
+        None,
+        "an idle peer has a timer running"
+    );
     for p in table.peers() {
         assert_eq!(p.stats(), (None, 0, 0));
     }
@@ -114,7 +123,7 @@ fn idle_peers_hold_no_wireguard_state_yet_a_packet_still_starts_a_handshake() {
     junk[0] = 4; // transport data
     for index in 0..4096u32 {
         junk[4..8].copy_from_slice(&(index << 8).to_le_bytes());
-        table.decapsulate(from, &junk, &mut out, &mut |_| {
+        table.decapsulate(now, from, &junk, &mut out, &mut |_| {
             panic!("forged transport data got an answer or reached the TUN")
         });
     }
@@ -130,7 +139,7 @@ fn idle_peers_hold_no_wireguard_state_yet_a_packet_still_starts_a_handshake() {
     // Any peer is still reachable: a packet for it sends a handshake initiation
     // (148 bytes) to its endpoint.
     let mut sent = Vec::new();
-    table.encapsulate(&packet_to(peer_addr(777)), &mut out, &mut |e| {
+    table.encapsulate(now, &packet_to(peer_addr(777)), &mut out, &mut |e| {
         if let Emit::Network(to, wire) = e {
             sent.push((to, wire.len()));
         }

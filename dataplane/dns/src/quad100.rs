@@ -11,7 +11,7 @@
 
 use super::forward::{ForwardError, Forwarder};
 use super::resolver::{servfail, Action, Resolver, ResolverConfig};
-use super::{is_quad100, QUAD100_V4, QUAD100_V6};
+use super::{QUAD100_V4, QUAD100_V6};
 use ip_network::IpNetwork;
 use parking_lot::Mutex;
 use ringscale_dataplane::wireguard::LocalService;
@@ -25,7 +25,6 @@ use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 use std::collections::VecDeque;
 use std::io;
-use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,16 +65,12 @@ enum Client {
     Tcp { socket: usize, generation: u64 },
 }
 
-/// The packet path's side: decides which packets are ours and queues them.
+/// The packet path's side: queues the packets the engine hands over.
 struct Intake {
     tx: SyncSender<Event>,
 }
 
 impl LocalService for Intake {
-    fn serves(&self, dst: IpAddr) -> bool {
-        is_quad100(dst)
-    }
-
     fn deliver(&self, pkt: &[u8]) {
         match self.tx.try_send(Event::Packet(pkt.to_vec())) {
             Ok(()) => {}
@@ -100,7 +95,7 @@ impl Quad100 {
     pub fn attach(engine: &Engine, mtu: u16) -> io::Result<Quad100> {
         let (tun, vnet_hdr) = engine.tun_writer()?;
         let svc = Quad100::start(tun, vnet_hdr, mtu)?;
-        engine.set_local_service(svc.local_service());
+        engine.set_local_service(svc.local_service(), &[QUAD100_V4.into(), QUAD100_V6.into()]);
         for net in [
             IpNetwork::new(QUAD100_V4, 32).expect("a /32"),
             IpNetwork::new(QUAD100_V6, 128).expect("a /128"),

@@ -667,7 +667,8 @@ mod peer_table_tests {
         let mut out = vec![0u8; 4096];
         let mut wire: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         let mut tun = Vec::new();
-        from.encapsulate(pkt, &mut out, &mut |e| {
+        let now = std::time::Instant::now();
+        from.encapsulate(now, pkt, &mut out, &mut |e| {
             if let Emit::Network(at, w) = e {
                 wire.push((at, w.to_vec()));
             }
@@ -679,10 +680,10 @@ mod peer_table_tests {
                 } else {
                     (from, ep_to)
                 };
-                table.decapsulate(src, &w, &mut out, &mut |e| match e {
+                table.decapsulate(now, src, &w, &mut out, &mut |e| match e {
                     Emit::Network(at, w) => wire.push((at, w.to_vec())),
                     Emit::Tun(p) if std::ptr::eq(table, to) => tun.push(p.to_vec()),
-                    Emit::Tun(_) => {}
+                    _ => {}
                 });
             }
         }

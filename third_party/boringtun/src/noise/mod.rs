@@ -18,7 +18,23 @@ use std::collections::VecDeque;
 use std::convert::{TryFrom, TryInto};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// ringscale: the clock the API without an explicit `now` reads (every `*_at` variant
+/// takes the caller's instead). With the `mock-instant` feature, upstream's tests move
+/// it with `mock_instant::MockClock`.
+#[cfg(not(feature = "mock-instant"))]
+pub(crate) fn clock_now() -> Instant {
+    Instant::now()
+}
+
+#[cfg(feature = "mock-instant")]
+pub(crate) fn clock_now() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now) + mock_instant::MockClock::time()
+}
+
+pub use timers::REKEY_AFTER_MESSAGES;
 
 /// The default value to use for rate limiting, when no other rate limiter is defined
 const PEER_HANDSHAKE_RATE_LIMIT: u64 = 10;
@@ -211,6 +227,28 @@ impl Tunn {
         index: u32,
         rate_limiter: Option<Arc<RateLimiter>>,
     ) -> Self {
+        Self::new_at(
+            static_private,
+            peer_static_public,
+            preshared_key,
+            persistent_keepalive,
+            index,
+            rate_limiter,
+            clock_now(),
+        )
+    }
+
+    /// ringscale: `new`, with the tunnel's time starting at `now` (the caller's clock:
+    /// every later `*_at` call must use the same one).
+    pub fn new_at(
+        static_private: x25519::StaticSecret,
+        peer_static_public: x25519::PublicKey,
+        preshared_key: Option<[u8; 32]>,
+        persistent_keepalive: Option<u16>,
+        index: u32,
+        rate_limiter: Option<Arc<RateLimiter>>,
+        now: Instant,
+    ) -> Self {
         let static_public = x25519::PublicKey::from(&static_private);
 
         Tunn {
@@ -220,6 +258,7 @@ impl Tunn {
                 peer_static_public,
                 index << 8,
                 preshared_key,
+                now,
             ),
             sessions: Default::default(),
             current: Default::default(),
@@ -227,7 +266,7 @@ impl Tunn {
             rx_bytes: Default::default(),
 
             packet_queue: VecDeque::new(),
-            timers: Timers::new(persistent_keepalive, rate_limiter.is_none()),
+            timers: Timers::new(persistent_keepalive, rate_limiter.is_none(), now),
 
             rate_limiter: rate_limiter.unwrap_or_else(|| {
                 Arc::new(RateLimiter::new(&static_public, PEER_HANDSHAKE_RATE_LIMIT))
@@ -260,6 +299,22 @@ impl Tunn {
     /// Panics if dst buffer is too small.
     /// Size of dst should be at least src.len() + 32, and no less than 148 bytes.
     pub fn encapsulate<'a>(&mut self, src: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
+        self.encapsulate_at(src, dst, clock_now())
+    }
+
+    /// ringscale: `encapsulate` at `now`.
+    pub fn encapsulate_at<'a>(
+        &mut self,
+        src: &[u8],
+        dst: &'a mut [u8],
+        now: Instant,
+    ) -> TunnResult<'a> {
+        self.advance(now);
+        self.encapsulate_now(src, dst)
+    }
+
+    /// `encapsulate` at the tunnel's current time.
+    fn encapsulate_now<'a>(&mut self, src: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
         let current = self.current;
         if let Some(ref session) = self.sessions[current % N_SESSIONS] {
             // Send the packet using an established session
@@ -276,14 +331,14 @@ impl Tunn {
         // If there is no session, queue the packet for future retry
         self.queue_packet(src);
         // Initiate a new handshake if none is in progress
-        self.format_handshake_initiation(dst, false)
+        self.format_handshake_initiation_now(dst, false)
     }
 
     /// As `encapsulate`, except that with a session the packet is not sealed here: the
     /// data header goes into `dst[..16]`, and the caller must seal `src` with the
     /// returned key and counter into `dst[16..16 + src.len() + 16]` before sending
     /// those `src.len() + 32` bytes (ringscale seals a super-packet's segments together).
-    /// Timers and byte counts are updated as `encapsulate` does.
+    /// Timers and byte counts are updated as `encapsulate_at(.., now)` does.
     ///
     /// # Panics
     /// As `encapsulate`.
@@ -291,7 +346,9 @@ impl Tunn {
         &'a mut self,
         src: &[u8],
         dst: &'a mut [u8],
+        now: Instant,
     ) -> Encapsulation<'a> {
+        self.advance(now);
         let current = self.current;
         if self.sessions[current % N_SESSIONS].is_some() {
             self.timer_tick(TimerName::TimeLastPacketSent);
@@ -303,7 +360,7 @@ impl Tunn {
             let (key, counter) = session.format_packet_header(src.len(), dst);
             return Encapsulation::Seal { key, counter };
         }
-        Encapsulation::Other(self.encapsulate(src, dst))
+        Encapsulation::Other(self.encapsulate_now(src, dst))
     }
 
     /// Receives a UDP datagram from the network and parses it.
@@ -318,6 +375,18 @@ impl Tunn {
         datagram: &[u8],
         dst: &'a mut [u8],
     ) -> TunnResult<'a> {
+        self.decapsulate_at(src_addr, datagram, dst, clock_now())
+    }
+
+    /// ringscale: `decapsulate` at `now`.
+    pub fn decapsulate_at<'a>(
+        &mut self,
+        src_addr: Option<IpAddr>,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+        now: Instant,
+    ) -> TunnResult<'a> {
+        self.advance(now);
         if datagram.is_empty() {
             // Indicates a repeated call
             return self.send_queued_packet(dst);
@@ -390,7 +459,8 @@ impl Tunn {
             remote_idx = p.sender_idx
         );
 
-        let session = self.handshake.receive_handshake_response(p)?;
+        let now = self.now();
+        let session = self.handshake.receive_handshake_response(p, now)?;
 
         let keepalive_packet = session.format_packet_data(&[], dst);
         // Store new session in ring buffer
@@ -465,7 +535,9 @@ impl Tunn {
         counter: u64,
         opened: bool,
         plaintext: &'a mut [u8],
+        now: Instant,
     ) -> TunnResult<'a> {
+        self.advance(now);
         if !opened {
             return TunnResult::Err(WireGuardError::InvalidAeadTag);
         }
@@ -516,6 +588,26 @@ impl Tunn {
         dst: &'a mut [u8],
         force_resend: bool,
     ) -> TunnResult<'a> {
+        self.format_handshake_initiation_at(dst, force_resend, clock_now())
+    }
+
+    /// ringscale: `format_handshake_initiation` at `now`.
+    pub fn format_handshake_initiation_at<'a>(
+        &mut self,
+        dst: &'a mut [u8],
+        force_resend: bool,
+        now: Instant,
+    ) -> TunnResult<'a> {
+        self.advance(now);
+        self.format_handshake_initiation_now(dst, force_resend)
+    }
+
+    /// `format_handshake_initiation` at the tunnel's current time.
+    fn format_handshake_initiation_now<'a>(
+        &mut self,
+        dst: &'a mut [u8],
+        force_resend: bool,
+    ) -> TunnResult<'a> {
         if self.handshake.is_in_progress() && !force_resend {
             return TunnResult::Done;
         }
@@ -526,7 +618,8 @@ impl Tunn {
 
         let starting_new_handshake = !self.handshake.is_in_progress();
 
-        match self.handshake.format_handshake_initiation(dst) {
+        let now = self.now();
+        match self.handshake.format_handshake_initiation(dst, now) {
             Ok(packet) => {
                 tracing::debug!("Sending handshake_initiation");
 
@@ -590,7 +683,7 @@ impl Tunn {
     /// Get a packet from the queue, and try to encapsulate it
     fn send_queued_packet<'a>(&mut self, dst: &'a mut [u8]) -> TunnResult<'a> {
         if let Some(packet) = self.dequeue_packet() {
-            match self.encapsulate(&packet, dst) {
+            match self.encapsulate_now(&packet, dst) {
                 TunnResult::Err(_) => {
                     // On error, return packet to the queue
                     self.requeue_packet(packet);
@@ -619,6 +712,27 @@ impl Tunn {
 
     fn dequeue_packet(&mut self) -> Option<Vec<u8>> {
         self.packet_queue.pop_front()
+    }
+
+    /// ringscale: how many messages the current session has sent (0 without one).
+    pub(crate) fn sending_counter(&self) -> u64 {
+        self.sessions[self.current % N_SESSIONS]
+            .as_ref()
+            .map_or(0, |s| s.sending_counter())
+    }
+
+    /// ringscale, for tests only: makes the current session's next message use counter
+    /// `next`, so that a test can reach `REKEY_AFTER_MESSAGES` without sending 2^60
+    /// packets. False when there is no session.
+    #[doc(hidden)]
+    pub fn set_sending_counter_for_test(&mut self, next: u64) -> bool {
+        match &self.sessions[self.current % N_SESSIONS] {
+            Some(s) => {
+                s.set_sending_counter(next);
+                true
+            }
+            None => false,
+        }
     }
 
     fn estimate_loss(&self) -> f32 {
@@ -656,7 +770,12 @@ impl Tunn {
     /// * Data bytes sent
     /// * Data bytes received
     pub fn stats(&self) -> (Option<Duration>, usize, usize, f32, Option<u32>) {
-        let time = self.time_since_last_handshake();
+        self.stats_at(clock_now())
+    }
+
+    /// ringscale: `stats` as of `now`.
+    pub fn stats_at(&self, now: Instant) -> (Option<Duration>, usize, usize, f32, Option<u32>) {
+        let time = self.time_since_last_handshake_at(now);
         let tx_bytes = self.tx_bytes;
         let rx_bytes = self.rx_bytes;
         let loss = self.estimate_loss();

@@ -2,13 +2,10 @@ use super::handshake::{b2s_hash, b2s_keyed_mac_16, b2s_keyed_mac_16_2, b2s_mac_2
 use crate::noise::handshake::{LABEL_COOKIE, LABEL_MAC1};
 use crate::noise::{HandshakeInit, HandshakeResponse, Packet, Tunn, TunnResult, WireGuardError};
 
-#[cfg(feature = "mock-instant")]
-use mock_instant::Instant;
 use portable_atomic::{AtomicU64, Ordering};
 use std::net::IpAddr;
-
-#[cfg(not(feature = "mock-instant"))]
-use crate::sleepyinstant::Instant;
+// ringscale: instants come from the caller (`new_at`, `reset_count_at`).
+use std::time::Instant;
 
 use aead::generic_array::GenericArray;
 use aead::{AeadInPlace, KeyInit};
@@ -49,22 +46,31 @@ pub struct RateLimiter {
     count: AtomicU64,
     /// The time last reset was performed on this rate limiter
     last_reset: Mutex<Instant>,
+    /// ringscale: which two-minute cookie secret is current, moved on by `reset_count_at`
+    /// so that checking a cookie under load reads no clock.
+    cookie_epoch: AtomicU64,
 }
 
 impl RateLimiter {
     pub fn new(public_key: &crate::x25519::PublicKey, limit: u64) -> Self {
+        Self::new_at(public_key, limit, crate::noise::clock_now())
+    }
+
+    /// ringscale: `new` with the caller's clock at `now`.
+    pub fn new_at(public_key: &crate::x25519::PublicKey, limit: u64, now: Instant) -> Self {
         let mut secret_key = [0u8; 16];
         OsRng.fill_bytes(&mut secret_key);
         RateLimiter {
             nonce_key: Self::rand_bytes(),
             secret_key,
-            start_time: Instant::now(),
+            start_time: now,
             nonce_ctr: AtomicU64::new(0),
             mac1_key: b2s_hash(LABEL_MAC1, public_key.as_bytes()),
             cookie_key: b2s_hash(LABEL_COOKIE, public_key.as_bytes()).into(),
             limit,
             count: AtomicU64::new(0),
-            last_reset: Mutex::new(Instant::now()),
+            last_reset: Mutex::new(now),
+            cookie_epoch: AtomicU64::new(0),
         }
     }
 
@@ -76,12 +82,26 @@ impl RateLimiter {
 
     /// Reset packet count (ideally should be called with a period of 1 second)
     pub fn reset_count(&self) {
+        self.reset_count_at(crate::noise::clock_now())
+    }
+
+    /// ringscale: `reset_count` at `now` (the caller's clock); also moves the cookie
+    /// secret on every COOKIE_REFRESH seconds.
+    pub fn reset_count_at(&self, current_time: Instant) {
         // The rate limiter is not very accurate, but at the scale we care about it doesn't matter much
-        let current_time = Instant::now();
         let mut last_reset_time = self.last_reset.lock();
-        if current_time.duration_since(*last_reset_time).as_secs() >= RESET_PERIOD {
+        if current_time
+            .saturating_duration_since(*last_reset_time)
+            .as_secs()
+            >= RESET_PERIOD
+        {
             self.count.store(0, Ordering::SeqCst);
             *last_reset_time = current_time;
+            let epoch = current_time
+                .saturating_duration_since(self.start_time)
+                .as_secs()
+                / COOKIE_REFRESH;
+            self.cookie_epoch.store(epoch, Ordering::Relaxed);
         }
     }
 
@@ -96,7 +116,7 @@ impl RateLimiter {
 
         // The current cookie for a given IP is the MAC(responder.changing_secret_every_two_minutes, initiator.ip_address)
         // First we derive the secret from the current time, the value of cur_counter would change with time.
-        let cur_counter = Instant::now().duration_since(self.start_time).as_secs() / COOKIE_REFRESH;
+        let cur_counter = self.cookie_epoch.load(Ordering::Relaxed);
 
         // Next we derive the cookie
         b2s_keyed_mac_16_2(&self.secret_key, &cur_counter.to_le_bytes(), &addr_bytes)

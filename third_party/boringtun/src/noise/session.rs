@@ -171,6 +171,16 @@ impl Session {
         }
     }
 
+    /// ringscale: the counter the next message will be sent with.
+    pub(super) fn sending_counter(&self) -> u64 {
+        self.sending_key_counter.load(Ordering::Relaxed)
+    }
+
+    /// ringscale, for tests: sets that counter.
+    pub(super) fn set_sending_counter(&self, next: u64) {
+        self.sending_key_counter.store(next, Ordering::Relaxed)
+    }
+
     pub(super) fn local_index(&self) -> usize {
         self.receiving_index as usize
     }

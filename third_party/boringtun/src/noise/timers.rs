@@ -6,22 +6,20 @@ use crate::noise::{Tunn, TunnResult};
 use std::mem;
 use std::ops::{Index, IndexMut};
 
-use std::time::Duration;
-
-#[cfg(feature = "mock-instant")]
-use mock_instant::Instant;
-
-#[cfg(not(feature = "mock-instant"))]
-use crate::sleepyinstant::Instant;
+use std::time::{Duration, Instant};
 
 // Some constants, represent time in seconds
 // https://www.wireguard.com/papers/wireguard.pdf#page=14
 pub(crate) const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
-const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
-const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+pub(crate) const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+pub(crate) const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 pub(crate) const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const COOKIE_EXPIRATION_TIME: Duration = Duration::from_secs(120);
+/// ringscale: after this many messages under one sending key a new handshake starts
+/// (the WireGuard paper's Rekey-After-Messages, 2^60; upstream boringtun had no
+/// message limit).
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 
 #[derive(Debug)]
 pub enum TimerName {
@@ -54,6 +52,8 @@ pub struct Timers {
     is_initiator: bool,
     /// Start time of the tunnel
     time_started: Instant,
+    /// ringscale: the last instant `Tunn::advance` was given.
+    last_advance: Instant,
     timers: [Duration; TimerName::Top as usize],
     pub(super) session_timers: [Duration; super::N_SESSIONS],
     /// Did we receive data without sending anything back?
@@ -66,10 +66,11 @@ pub struct Timers {
 }
 
 impl Timers {
-    pub(super) fn new(persistent_keepalive: Option<u16>, reset_rr: bool) -> Timers {
+    pub(super) fn new(persistent_keepalive: Option<u16>, reset_rr: bool, now: Instant) -> Timers {
         Timers {
             is_initiator: false,
-            time_started: Instant::now(),
+            time_started: now,
+            last_advance: now,
             timers: Default::default(),
             session_timers: Default::default(),
             want_keepalive: Default::default(),
@@ -86,7 +87,8 @@ impl Timers {
     // We don't really clear the timers, but we set them to the current time to
     // so the reference time frame is the same
     pub(super) fn clear(&mut self) {
-        let now = Instant::now().duration_since(self.time_started);
+        // ringscale: the tunnel's current time (advanced by every `*_at` call), not the clock.
+        let now = self[TimeCurrent];
         for t in &mut self.timers[..] {
             *t = now;
         }
@@ -166,19 +168,25 @@ impl Tunn {
     }
 
     pub fn update_timers<'a>(&mut self, dst: &'a mut [u8]) -> TunnResult<'a> {
+        self.update_timers_at(dst, super::clock_now())
+    }
+
+    /// ringscale: `update_timers` at `now` (the caller's clock) instead of reading the
+    /// clock.
+    pub fn update_timers_at<'a>(&mut self, dst: &'a mut [u8], time: Instant) -> TunnResult<'a> {
         let mut handshake_initiation_required = false;
         let mut keepalive_required = false;
 
-        let time = Instant::now();
-
         if self.timers.should_reset_rr {
-            self.rate_limiter.reset_count();
+            self.rate_limiter.reset_count_at(time);
         }
 
         // All the times are counted from tunnel initiation, for efficiency our timers are rounded
         // to a second, as there is no real benefit to having highly accurate timers.
-        let now = time.duration_since(self.timers.time_started);
-        self.timers[TimeCurrent] = now;
+        // ringscale: time never goes back for a tunnel (callers on several threads may
+        // pass instants read in another order than they call in).
+        self.advance(time);
+        let now = self.timers[TimeCurrent];
 
         self.update_session_timers(now);
 
@@ -225,7 +233,7 @@ impl Tunn {
                     return TunnResult::Err(WireGuardError::ConnectionExpired);
                 }
 
-                if time_init_sent.elapsed() >= REKEY_TIMEOUT {
+                if self.now().saturating_duration_since(time_init_sent) >= REKEY_TIMEOUT {
                     // We avoid using `time` here, because it can be earlier than `time_init_sent`.
                     // Once `checked_duration_since` is stable we can use that.
                     // A handshake initiation is retried after REKEY_TIMEOUT + jitter ms,
@@ -235,6 +243,12 @@ impl Tunn {
                     handshake_initiation_required = true;
                 }
             } else {
+                // ringscale: Rekey-After-Messages, for either side.
+                if self.sending_counter() >= REKEY_AFTER_MESSAGES {
+                    tracing::debug!("HANDSHAKE(REKEY_AFTER_MESSAGES)");
+                    handshake_initiation_required = true;
+                }
+
                 if self.timers.is_initiator() {
                     // After sending a packet, if the sender was the original initiator
                     // of the handshake and if the current session key is REKEY_AFTER_TIME
@@ -301,23 +315,100 @@ impl Tunn {
         }
 
         if handshake_initiation_required {
-            return self.format_handshake_initiation(dst, true);
+            return self.format_handshake_initiation_now(dst, true);
         }
 
         if keepalive_required {
-            return self.encapsulate(&[], dst);
+            return self.encapsulate_now(&[], dst);
         }
 
         TunnResult::Done
     }
 
+    /// ringscale: the earliest time at which `update_timers_at` would do something
+    /// (send a handshake initiation or a keepalive, expire a session, a cookie or the
+    /// whole connection), given what the tunnel knows now; None when nothing is
+    /// pending. Packets sent or received later can bring it forward. It mirrors the
+    /// conditions of `update_timers_at` one by one, so that calling that at the
+    /// returned time changes the state and the next answer moves on.
+    pub fn next_timer_at(&self) -> Option<Instant> {
+        let t = &self.timers;
+        let mut next: Option<Duration> = None;
+        let mut at = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
+        // Sessions expire strictly after REJECT_AFTER_TIME (`update_session_timers`).
+        for (i, s) in self.sessions.iter().enumerate() {
+            if s.is_some() {
+                at(t.session_timers[i] + REJECT_AFTER_TIME + Duration::from_nanos(1));
+            }
+        }
+        if self.handshake.is_expired() {
+            return next.map(|d| t.time_started + d);
+        }
+        if self.handshake.has_cookie() {
+            at(t[TimeCookieReceived] + COOKIE_EXPIRATION_TIME);
+        }
+        at(t[TimeSessionEstablished] + REJECT_AFTER_TIME * 3);
+        if let Some(time_init_sent) = self.handshake.timer() {
+            at(t[TimeLastHandshakeStarted] + REKEY_ATTEMPT_TIME);
+            at(time_init_sent.saturating_duration_since(t.time_started) + REKEY_TIMEOUT);
+        } else {
+            let now = t[TimeCurrent];
+            let established = t[TimeSessionEstablished];
+            if self.sending_counter() >= REKEY_AFTER_MESSAGES {
+                at(now);
+            }
+            if t.is_initiator {
+                if established < t[TimeLastDataPacketSent] {
+                    at(established + REKEY_AFTER_TIME);
+                }
+                if established < t[TimeLastDataPacketReceived] {
+                    at(established + REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT);
+                }
+            }
+            if t[TimeLastDataPacketSent] > t[TimeLastPacketReceived] && t.want_handshake {
+                at(t[TimeLastPacketReceived] + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+            }
+            if t[TimeLastDataPacketReceived] > t[TimeLastPacketSent] && t.want_keepalive {
+                at(t[TimeLastPacketSent] + KEEPALIVE_TIMEOUT);
+            }
+            if t.persistent_keepalive > 0 {
+                at(t[TimePersistentKeepalive] + Duration::from_secs(t.persistent_keepalive as u64));
+            }
+        }
+        next.map(|d| t.time_started + d)
+    }
+
+    /// ringscale: moves the tunnel's current time to `now` (never back).
+    pub(super) fn advance(&mut self, now: Instant) {
+        // The packets of a batch all pass the batch's instant: one comparison for all
+        // but the first.
+        if now == self.timers.last_advance {
+            return;
+        }
+        self.timers.last_advance = now;
+        let d = now.saturating_duration_since(self.timers.time_started);
+        if d > self.timers[TimeCurrent] {
+            self.timers[TimeCurrent] = d;
+        }
+    }
+
+    /// ringscale: the tunnel's current time as an instant.
+    pub(super) fn now(&self) -> Instant {
+        self.timers.time_started + self.timers[TimeCurrent]
+    }
+
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
+        self.time_since_last_handshake_at(super::clock_now())
+    }
+
+    /// ringscale: `time_since_last_handshake` as of `now`.
+    pub fn time_since_last_handshake_at(&self, now: Instant) -> Option<Duration> {
         let current_session = self.current;
         if self.sessions[current_session % super::N_SESSIONS].is_some() {
-            let duration_since_tun_start = Instant::now().duration_since(self.timers.time_started);
+            let duration_since_tun_start = now.saturating_duration_since(self.timers.time_started);
             let duration_since_session_established = self.timers[TimeSessionEstablished];
 
-            Some(duration_since_tun_start - duration_since_session_established)
+            Some(duration_since_tun_start.saturating_sub(duration_since_session_established))
         } else {
             None
         }
