@@ -631,6 +631,31 @@ fn magicdns_split_dns_exit_node_dns_and_hostile_input() {
         raw.windows(4).any(|w| w == [192, 0, 2, 30]),
         "GET answer lacks 192.0.2.30"
     );
+    // The target in absolute form, as Go's net/http takes it: path and query from the
+    // URL, Host from its authority (no Host header needed).
+    let get = format!(
+        "GET http://{host}/dns-query?dns={} HTTP/1.1\r\nConnection: close\r\n\r\n",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(query(0x6565, "only.exit.test", 1))
+    );
+    let raw = http(&a, peerapi, get.into_bytes());
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200") && raw.windows(4).any(|w| w == [192, 0, 2, 30]),
+        "absolute-form GET: {}",
+        String::from_utf8_lossy(&raw)
+    );
+    // Framing a proxy in front could read differently is refused before any DNS work.
+    let mut smuggle = doh_post(&host, &query(0x6666, "only.exit.test", 1));
+    let head_end = smuggle.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    smuggle.splice(
+        head_end + 2..head_end + 2,
+        *b"Transfer-Encoding: chunked\r\n",
+    );
+    let raw = http(&a, peerapi, smuggle);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 400"),
+        "Content-Length with Transfer-Encoding: {}",
+        String::from_utf8_lossy(&raw)
+    );
     // Not a tailnet peer: the outsider routes to beta's tailnet address over the LAN.
     ctl.ip(&["route", "add", &format!("{beta4}/32"), "via", "10.53.2.2"]);
     let resp = http(

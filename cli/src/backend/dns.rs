@@ -14,7 +14,6 @@ use ringscale_control::dnsmap::{self, SERVICE_DNS_PROXY, SERVICE_PEERAPI4, SERVI
 use ringscale_control::netmap::NetMap;
 use ringscale_control::prefs::Prefs;
 use ringscale_control::tailcfg::Service;
-use ringscale_control::ts2021::http1;
 use ringscale_dns::{forward, is_quad100, wire, ResolverConfig, Upstream};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -542,31 +541,12 @@ async fn handle_conn(
     local: SocketAddr,
 ) -> io::Result<()> {
     let (mut rd, mut wr) = stream.into_split();
-    let resp = match read_request(&mut rd).await {
+    let resp = match crate::localapi::http::read_request(&mut rd, MAX_DOH_BODY).await {
         Ok(req) => respond(&view, from, local, req).await,
         Err(resp) => resp,
     };
     wr.write_all(&resp.to_bytes(&[])).await?;
     wr.shutdown().await
-}
-
-async fn read_request(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Request, Response> {
-    let mut buf = Vec::new();
-    let head_len = http1::read_head(rd, &mut buf, "peerapi request")
-        .await
-        .map_err(|e| Response::error(400, &e.to_string()))?;
-    let head = http1::parse_request_head(&buf[..head_len])
-        .map_err(|e| Response::error(400, &e.to_string()))?;
-    let body_len =
-        http1::request_body_length(&head).map_err(|e| Response::error(400, &e.to_string()))?;
-    if body_len > MAX_DOH_BODY {
-        return Err(Response::error(413, "request body too large"));
-    }
-    http1::read_at_least(rd, &mut buf, head_len + body_len, "peerapi request body")
-        .await
-        .map_err(|e| Response::error(400, &e.to_string()))?;
-    let body = buf[head_len..head_len + body_len].to_vec();
-    Ok(Request::from_head(&head, body))
 }
 
 /// Who may use this node's DoH (Go `validatePeerAPIRequest` and the `/dns-query`

@@ -2,13 +2,13 @@
 //! read as Go's `client/local` words them (`Access denied: …`, `Failed to connect to
 //! local Tailscale daemon for …`), since users and scripts match on them.
 
-use super::http::{self, ChunkedDecoder, LOCALAPI_HOST};
+use super::http::{self, LOCALAPI_HOST};
 use super::PingType;
 use ringscale_control::ipn::{Notify, Options, WhoIsResponse};
 use ringscale_control::ipnstate::{PingResult, Status};
 use ringscale_control::prefs::{MaskedPrefs, Prefs};
 use ringscale_control::tailcfg::CAPABILITY_VERSION;
-use ringscale_control::ts2021::http1::{self, BodyLength};
+use ringscale_http1::{blocking, BodyDecoder, ChunkedDecoder, HeadWriter, ReadError, ResponseHead};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -105,7 +105,7 @@ pub fn best_error(status: u16, body: &[u8]) -> String {
     }
     format!(
         "{status} {}: {}",
-        http::reason(status),
+        ringscale_http1::reason_phrase(status),
         String::from_utf8_lossy(body).trim()
     )
 }
@@ -157,20 +157,17 @@ impl LocalClient {
     }
 
     fn request_bytes(method: &str, target: &str, body: &[u8]) -> Vec<u8> {
-        let mut out = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {LOCALAPI_HOST}\r\nTailscale-Cap: {CAPABILITY_VERSION}\r\nUser-Agent: ringscale/{}\r\nConnection: close\r\n",
-            crate::VERSION
-        );
+        let head = HeadWriter::request(method, target)
+            .header("Host", LOCALAPI_HOST)
+            .header("Tailscale-Cap", CAPABILITY_VERSION)
+            .header("User-Agent", format_args!("ringscale/{}", crate::VERSION))
+            .header("Connection", "close");
         if !body.is_empty() || matches!(method, "POST" | "PATCH" | "PUT") {
-            out.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            head.header("Content-Type", "application/json")
+                .finish_with_body(body)
+        } else {
+            head.finish()
         }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
-        out.extend_from_slice(body);
-        out
     }
 
     /// Sends a request and reads the whole answer.
@@ -179,34 +176,12 @@ impl LocalClient {
         let mut s = self.connect(&endpoint)?;
         s.write_all(&Self::request_bytes(method, target, body))
             .map_err(io_error)?;
-        let (head, mut rest) = read_response_head(&mut s)?;
-        let length =
-            http1::response_body_length(&head).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if let BodyLength::Fixed(n) = length {
-            if n > MAX_RESPONSE {
-                return Err(ClientError::Protocol(format!(
-                    "response of {n} bytes is too large"
-                )));
-            }
-        }
-        let body = loop {
-            if let Some(b) = http1::decode_body(length, &rest, false)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                break b;
-            }
-            if rest.len() > MAX_RESPONSE {
-                return Err(ClientError::Protocol("response too large".into()));
-            }
-            let mut chunk = [0u8; 16384];
-            let n = s.read(&mut chunk).map_err(io_error)?;
-            if n == 0 {
-                break http1::decode_body(length, &rest, true)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?
-                    .unwrap_or_default();
-            }
-            rest.extend_from_slice(&chunk[..n]);
-        };
+        let (head, rest) = read_response_head(&mut s)?;
+        let body = head
+            .body_length()
+            .and_then(|len| BodyDecoder::new(len, MAX_RESPONSE as u64))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = blocking::read_body(&mut s, &rest, body).map_err(read_error)?;
         let reply = Reply {
             status: head.status,
             body,
@@ -360,8 +335,8 @@ impl LocalClient {
             payload: Vec::new(),
         };
         w.decoder
-            .feed(&rest, &mut w.payload)
-            .map_err(ClientError::Protocol)?;
+            .decode(&rest, &mut w.payload)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(w)
     }
 }
@@ -410,8 +385,8 @@ impl BusWatcher {
                 return Ok(None);
             }
             self.decoder
-                .feed(&buf[..n], &mut self.payload)
-                .map_err(ClientError::Protocol)?;
+                .decode(&buf[..n], &mut self.payload)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
         }
     }
 }
@@ -436,27 +411,24 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ClientError> {
 }
 
 /// Reads the response head; returns it and the bytes after it.
-fn read_response_head(s: &mut UnixStream) -> Result<(http1::ResponseHead, Vec<u8>), ClientError> {
+fn read_response_head(s: &mut UnixStream) -> Result<(ResponseHead, Vec<u8>), ClientError> {
     let mut buf = Vec::new();
-    loop {
-        if let Some(end) = http1::find_head_end(&buf) {
-            let head = http1::parse_response_head(&buf[..end])
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            return Ok((head, buf[end..].to_vec()));
+    let len = blocking::read_head(s, &mut buf).map_err(read_error)?;
+    let head =
+        ResponseHead::parse(&buf[..len]).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok((head, buf.split_off(len)))
+}
+
+fn read_error(e: ReadError) -> ClientError {
+    match e {
+        ReadError::Io(e) => io_error(e),
+        ReadError::Closed { received: 0 } => {
+            ClientError::Protocol("daemon closed the connection without answering".into())
         }
-        if buf.len() > http1::MAX_HEAD_LEN {
-            return Err(ClientError::Protocol("response head too long".into()));
+        ReadError::Closed { .. } => {
+            ClientError::Protocol("daemon closed the connection mid-response".into())
         }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).map_err(io_error)?;
-        if n == 0 {
-            return Err(ClientError::Protocol(if buf.is_empty() {
-                "daemon closed the connection without answering".into()
-            } else {
-                "daemon closed the connection mid-response".into()
-            }));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        ReadError::Http(e) => ClientError::Protocol(e.to_string()),
     }
 }
 

@@ -1,9 +1,10 @@
-//! The bits of HTTP/1.1 the LocalAPI needs beyond the head parser in
-//! `ringscale_control::ts2021::http1`: query strings with percent-decoding (Go's
-//! `FormValue`), responses in the shape Go's `net/http` writes them (`http.Error` bodies,
-//! reason phrases), and chunked framing for the streaming IPN bus. Pure functions over
-//! bytes; the server and the client do the I/O.
+//! What the LocalAPI (and PeerAPI) make of HTTP/1.1 on top of the shared codec,
+//! `ringscale_http1`: query strings with percent-decoding (Go's `FormValue`), and
+//! responses in the shape Go's `net/http` writes them (`http.Error` bodies, JSON
+//! encoding). Pure functions over bytes, plus [`read_request`], the servers' one read
+//! loop.
 
+use ringscale_http1::{tokio_io, BodyDecoder, HeadWriter, ReadError, RequestHead};
 use std::fmt::Write as _;
 
 /// The Host header Go's client sends; the server accepts it or an empty one.
@@ -17,6 +18,7 @@ pub struct Request {
     pub path: String,
     /// Decoded query parameters, in order.
     pub query: Vec<(String, String)>,
+    /// Go's `Request.Host`: an absolute-form target's authority, else the Host header.
     pub host: Option<String>,
     pub referer: Option<String>,
     pub origin: Option<String>,
@@ -33,25 +35,43 @@ impl Request {
             .unwrap_or("")
     }
 
-    /// Builds a Request from a head parsed by `http1::parse_request_head` and its body.
-    pub fn from_head(
-        head: &ringscale_control::ts2021::http1::RequestHead,
-        body: Vec<u8>,
-    ) -> Request {
-        let (path, query) = match head.target.split_once('?') {
-            Some((p, q)) => (p, q),
-            None => (head.target.as_str(), ""),
-        };
+    /// Builds a Request from a parsed head and its body.
+    pub fn from_head(head: &RequestHead, body: Vec<u8>) -> Request {
+        let path = head.path();
         Request {
             method: head.method.clone(),
             path: percent_decode(path, false).unwrap_or_else(|| path.to_string()),
-            query: parse_query(query),
-            host: head.headers.get("Host").map(str::to_string),
+            query: parse_query(head.query()),
+            host: head.host().map(str::to_string),
             referer: head.headers.get("Referer").map(str::to_string),
             origin: head.headers.get("Origin").map(str::to_string),
             body,
         }
     }
+}
+
+/// Reads one request for the LocalAPI or PeerAPI: head (bounded), then a body framed by
+/// Content-Length or chunked, at most `max_body` bytes. Errors come back as the
+/// response to send (431 for an oversize head, 413 for an oversize body, 400 else).
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    max_body: usize,
+) -> Result<Request, Response> {
+    let refusal = |e: ReadError| match e {
+        ReadError::Http(e) => Response::error(e.status(), &e.to_string()),
+        other => Response::error(400, &other.to_string()),
+    };
+    let mut buf = Vec::new();
+    let head_len = tokio_io::read_head(rd, &mut buf).await.map_err(refusal)?;
+    let head = RequestHead::parse(&buf[..head_len]).map_err(|e| refusal(e.into()))?;
+    let body = head
+        .body_length()
+        .and_then(|len| BodyDecoder::new(len, max_body as u64))
+        .map_err(|e| refusal(e.into()))?;
+    let body = tokio_io::read_body(rd, &buf[head_len..], body)
+        .await
+        .map_err(refusal)?;
+    Ok(Request::from_head(&head, body))
 }
 
 /// Parses `a=1&b=x%20y`; pairs that fail to decode are dropped, as Go drops them.
@@ -109,28 +129,6 @@ pub fn query_escape(s: &str) -> String {
     out
 }
 
-/// The reason phrase Go's `net/http` sends for a status.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        412 => "Precondition Failed",
-        413 => "Request Entity Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
 /// A complete (non-streaming) response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
@@ -180,7 +178,7 @@ impl Response {
 
     /// The bytes on the wire, with `extra` headers first; one response per connection.
     pub fn to_bytes(&self, extra: &[(&str, String)]) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        let mut head = HeadWriter::response(self.status);
         // A header given in both lists is written once, from `extra`.
         let own = self
             .headers
@@ -191,16 +189,10 @@ impl Response {
             .map(|(k, v)| (*k, v))
             .chain(own.map(|(k, v)| (*k, v)))
         {
-            let _ = write!(out, "{k}: {v}\r\n");
+            head = head.header(k, v);
         }
-        let _ = write!(
-            out,
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.body.len()
-        );
-        let mut out = out.into_bytes();
-        out.extend_from_slice(&self.body);
-        out
+        head.header("Connection", "close")
+            .finish_with_body(&self.body)
     }
 }
 
@@ -222,101 +214,14 @@ pub fn encode_json<T: serde::Serialize>(
     Ok(out)
 }
 
-/// The head of a streaming response whose body follows in chunks.
+/// The head of a streaming response whose body follows in chunks
+/// (`ringscale_http1::encode_chunk`, then `ringscale_http1::LAST_CHUNK`).
 pub fn chunked_head(status: u16, headers: &[(&str, String)]) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    let mut head = HeadWriter::response(status);
     for (k, v) in headers {
-        let _ = write!(out, "{k}: {v}\r\n");
+        head = head.header(k, v);
     }
-    out.push_str("Transfer-Encoding: chunked\r\n\r\n");
-    out.into_bytes()
-}
-
-/// One chunk of a chunked body (`data` must not be empty: that is the terminator).
-pub fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// The last chunk of a chunked body.
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// Incremental decoder for a chunked body read from a stream: feed bytes, take out
-/// payload. Used by the client for the IPN bus, whose body never ends by itself.
-#[derive(Debug, Default)]
-pub struct ChunkedDecoder {
-    buf: Vec<u8>,
-    /// Bytes left in the current chunk's payload, or None when a size line is next.
-    remaining: Option<usize>,
-    done: bool,
-}
-
-/// Bound on a chunk-size line, so garbage cannot make the decoder buffer forever.
-const MAX_CHUNK_LINE: usize = 64;
-
-impl ChunkedDecoder {
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
-    /// Adds received bytes and appends the payload decoded so far to `out`.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        self.buf.extend_from_slice(data);
-        let mut pos = 0;
-        loop {
-            if self.done {
-                break;
-            }
-            match self.remaining {
-                None => {
-                    let rest = &self.buf[pos..];
-                    let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                        if rest.len() > MAX_CHUNK_LINE {
-                            return Err("chunk size line too long".into());
-                        }
-                        break;
-                    };
-                    let line =
-                        std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size line")?;
-                    let size_text = line.split(';').next().unwrap_or("").trim();
-                    let size = usize::from_str_radix(size_text, 16)
-                        .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-                    pos += eol + 2;
-                    if size == 0 {
-                        self.done = true;
-                    } else {
-                        self.remaining = Some(size);
-                    }
-                }
-                Some(n) => {
-                    let rest = &self.buf[pos..];
-                    if n > 0 {
-                        let take = n.min(rest.len());
-                        out.extend_from_slice(&rest[..take]);
-                        pos += take;
-                        self.remaining = Some(n - take);
-                        if take < n {
-                            break;
-                        }
-                        continue;
-                    }
-                    // Payload complete; its CRLF must follow.
-                    if rest.len() < 2 {
-                        break;
-                    }
-                    if &rest[..2] != b"\r\n" {
-                        return Err("chunk not terminated by CRLF".into());
-                    }
-                    pos += 2;
-                    self.remaining = None;
-                }
-            }
-        }
-        self.buf.drain(..pos);
-        Ok(())
-    }
+    head.header("Transfer-Encoding", "chunked").finish()
 }
 
 #[cfg(test)]
@@ -344,7 +249,7 @@ mod tests {
 
     #[test]
     fn request_from_head() {
-        let head = ringscale_control::ts2021::http1::parse_request_head(
+        let head = RequestHead::parse(
             b"GET /localapi/v0/status?peers=false HTTP/1.1\r\nHost: local-tailscaled.sock\r\nOrigin: http://evil\r\n\r\n",
         )
         .unwrap();
@@ -355,6 +260,17 @@ mod tests {
         assert_eq!(r.host.as_deref(), Some(LOCALAPI_HOST));
         assert_eq!(r.origin.as_deref(), Some("http://evil"));
         assert_eq!(r.referer, None);
+
+        // Absolute form, as an HTTP proxy or a raw client may send it: path and query
+        // from the target, Host from its authority (Go's `Request.Host`).
+        let head = RequestHead::parse(
+            b"GET http://100.64.0.1:5252/dns-query?dns=q%2Bw HTTP/1.1\r\nHost: peer\r\n\r\n",
+        )
+        .unwrap();
+        let r = Request::from_head(&head, Vec::new());
+        assert_eq!(r.path, "/dns-query");
+        assert_eq!(r.form_value("dns"), "q+w");
+        assert_eq!(r.host.as_deref(), Some("100.64.0.1:5252"));
     }
 
     #[test]
@@ -366,35 +282,5 @@ mod tests {
         assert!(text.ends_with("\r\n\r\nstatus access denied\n"));
         let j = Response::json(200, &serde_json::json!({"A": [1]}), Some(b"\t"));
         assert_eq!(j.body, b"{\n\t\"A\": [\n\t\t1\n\t]\n}\n");
-    }
-
-    #[test]
-    fn chunked_round_trip_in_odd_pieces() {
-        let mut wire = chunked_head(200, &[]);
-        let head_len = wire.len();
-        for msg in [&b"{\"State\":2}\n"[..], b"{\"BrowseToURL\":\"http://x\"}\n"] {
-            wire.extend(chunk(msg));
-        }
-        wire.extend_from_slice(LAST_CHUNK);
-        let body = &wire[head_len..];
-        for step in [1, 2, 3, 7, body.len()] {
-            let mut d = ChunkedDecoder::default();
-            let mut out = Vec::new();
-            for piece in body.chunks(step) {
-                d.feed(piece, &mut out).unwrap();
-            }
-            assert!(d.is_done());
-            assert_eq!(out, b"{\"State\":2}\n{\"BrowseToURL\":\"http://x\"}\n");
-        }
-    }
-
-    #[test]
-    fn chunked_garbage_is_an_error_not_a_hang() {
-        let mut d = ChunkedDecoder::default();
-        assert!(d.feed(b"zz\r\n", &mut Vec::new()).is_err());
-        let mut d = ChunkedDecoder::default();
-        assert!(d.feed(&[b'1'; 100], &mut Vec::new()).is_err());
-        let mut d = ChunkedDecoder::default();
-        assert!(d.feed(b"1\r\nabc", &mut Vec::new()).is_err());
     }
 }

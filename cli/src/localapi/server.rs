@@ -9,7 +9,6 @@ use super::{sanitized_prefs, Backend, PingType, WhoIsTarget};
 use ringscale_control::ipn::{watch_opt, Notify, Options, State};
 use ringscale_control::prefs::{MaskedPrefs, Prefs};
 use ringscale_control::tailcfg::CAPABILITY_VERSION;
-use ringscale_control::ts2021::http1;
 use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -380,15 +379,16 @@ fn common_headers() -> Vec<(&'static str, String)> {
 async fn handle_connection<B: Backend + ?Sized>(stream: UnixStream, backend: &B) -> io::Result<()> {
     let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let (mut rd, mut wr) = stream.into_split();
-    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut rd)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(resp)) => return wr.write_all(&resp.to_bytes(&[])).await,
-        Err(_) => {
-            return wr
-                .write_all(&Response::error(408, "request timeout").to_bytes(&[]))
-                .await
-        }
-    };
+    let req =
+        match tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(&mut rd, MAX_BODY)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(resp)) => return wr.write_all(&resp.to_bytes(&[])).await,
+            Err(_) => {
+                return wr
+                    .write_all(&Response::error(408, "request timeout").to_bytes(&[]))
+                    .await
+            }
+        };
     // The operator can change with every `set --operator`, so look it up per request.
     let operator_uid = access::uid_of_user(&backend.prefs().operator_user);
     let perms = access::permissions(peer_uid, access::daemon_uid(), operator_uid);
@@ -471,32 +471,6 @@ async fn handle_connection<B: Backend + ?Sized>(stream: UnixStream, backend: &B)
     wr.write_all(&resp.to_bytes(&headers)).await
 }
 
-/// Reads one request: head (bounded), then a Content-Length body (bounded). Errors come
-/// back as the response to send.
-async fn read_request(rd: &mut OwnedReadHalf) -> Result<Request, Response> {
-    let mut buf = Vec::new();
-    let head_len = http1::read_head(rd, &mut buf, "localapi request")
-        .await
-        .map_err(|e| match e {
-            http1_err @ ringscale_control::ts2021::Error::Http(_) => {
-                Response::error(431, &http1_err.to_string())
-            }
-            other => Response::error(400, &other.to_string()),
-        })?;
-    let head = http1::parse_request_head(&buf[..head_len])
-        .map_err(|e| Response::error(400, &e.to_string()))?;
-    let body_len =
-        http1::request_body_length(&head).map_err(|e| Response::error(400, &e.to_string()))?;
-    if body_len > MAX_BODY {
-        return Err(Response::error(413, "request body too large"));
-    }
-    http1::read_at_least(rd, &mut buf, head_len + body_len, "localapi request body")
-        .await
-        .map_err(|e| Response::error(400, &e.to_string()))?;
-    let body = buf[head_len..head_len + body_len].to_vec();
-    Ok(Request::from_head(&head, body))
-}
-
 /// Resolves when the client closes its end (or sends anything more, which a LocalAPI
 /// client never does after its request).
 async fn wait_for_close(rd: &mut OwnedReadHalf) {
@@ -548,7 +522,7 @@ async fn watch_ipn_bus<B: Backend + ?Sized>(
             _ = wait_for_close(rd) => return Ok(()),
         }
     }
-    wr.write_all(http::LAST_CHUNK).await
+    wr.write_all(ringscale_http1::LAST_CHUNK).await
 }
 
 async fn write_notify(wr: &mut OwnedWriteHalf, mut n: Notify) -> io::Result<()> {
@@ -558,7 +532,9 @@ async fn write_notify(wr: &mut OwnedWriteHalf, mut n: Notify) -> io::Result<()> 
     // Whatever the backend put there, keys never leave the daemon.
     n.prefs = n.prefs.map(sanitized_prefs);
     let line = http::encode_json(&n, None).map_err(io::Error::other)?;
-    wr.write_all(&http::chunk(&line)).await
+    let mut chunk = Vec::with_capacity(line.len() + 16);
+    ringscale_http1::encode_chunk(&line, &mut chunk);
+    wr.write_all(&chunk).await
 }
 
 /// The first message Go sends when the mask asks for initial state; None otherwise.
@@ -612,10 +588,11 @@ fn session_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringscale_http1::RequestHead;
 
     fn req(method: &str, target: &str, body: &str) -> Request {
         let raw = format!("{method} {target} HTTP/1.1\r\nHost: local-tailscaled.sock\r\n\r\n");
-        let head = http1::parse_request_head(raw.as_bytes()).unwrap();
+        let head = RequestHead::parse(raw.as_bytes()).unwrap();
         Request::from_head(&head, body.as_bytes().to_vec())
     }
 

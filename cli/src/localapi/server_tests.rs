@@ -574,6 +574,61 @@ fn browser_requests_are_refused() {
 }
 
 #[test]
+fn requests_are_framed_strictly_and_absolute_targets_work() {
+    let h = Harness::start(true);
+    // Absolute form, as Go's net/http reads it: path from the target, Host from its
+    // authority (which wins over the Host header).
+    let (status, head, _) = raw(
+        &h.socket,
+        "GET http://local-tailscaled.sock/localapi/v0/status?peers=false HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{head}");
+    let (status, _, _) = raw(
+        &h.socket,
+        "GET http://evil.example/localapi/v0/status HTTP/1.1\r\nHost: local-tailscaled.sock\r\n\r\n",
+    );
+    assert_eq!(status, 403);
+    // A chunked body is read like a Content-Length one.
+    let (status, head, body) = raw(
+        &h.socket,
+        "POST /localapi/v0/check-prefs HTTP/1.1\r\nHost: local-tailscaled.sock\r\n\
+         Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{head}\n{body}");
+    // Framing a proxy could read differently is refused, as are oversize heads.
+    for (request, want) in [
+        (
+            "POST /localapi/v0/check-prefs HTTP/1.1\r\nHost: local-tailscaled.sock\r\n\
+             Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            400,
+        ),
+        (
+            "POST /localapi/v0/check-prefs HTTP/1.1\r\nHost: local-tailscaled.sock\r\n\
+             Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+        ),
+        (
+            "GET /localapi/v0/status HTTP/1.1\r\nHost: local-tailscaled.sock\r\nX: a\r\n b\r\n\r\n",
+            400,
+        ),
+        (
+            "GET /localapi/v0/status HTTP/1.1\nHost: local-tailscaled.sock\n\n",
+            400,
+        ),
+        (
+            &format!(
+                "GET /localapi/v0/status HTTP/1.1\r\nHost: local-tailscaled.sock\r\nX: {}\r\n\r\n",
+                "a".repeat(20_000)
+            ),
+            431,
+        ),
+    ] {
+        let (status, head, body) = raw(&h.socket, request);
+        assert_eq!(status, want, "{request:.80?}: {head}\n{body}");
+    }
+}
+
+#[test]
 fn watch_ipn_bus_streams_notifications() {
     let h = Harness::start(true);
     let c = h.client();

@@ -21,11 +21,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::early::{self, EarlyHeader, EarlyNoise, EARLY_HEADER_LEN};
-use super::http1;
 use super::stream::NoiseStream;
 use super::url::{ControlUrl, Scheme};
-use super::{io_err, Body, Error};
+use super::{http_read_err, io_err, read_at_least, Body, Error};
 use crate::noise::{self, InitiatorHandshake, ServerReplyHeader, HEADER_LEN, RESPONSE_LEN};
+use ringscale_http1::{tokio_io, BodyDecoder, HeadWriter, ResponseHead};
 
 /// Tunables for [`connect_with`]; [`Default`] matches Go's client.
 #[derive(Debug, Clone)]
@@ -137,52 +137,53 @@ pub async fn fetch_server_key(url: &ControlUrl, opts: &ConnectOptions) -> Result
     const STEP: &str = "fetching the control server key (GET /key)";
     with_timeout(opts.handshake_timeout, STEP, async {
         let mut io = dial(url, STEP).await?;
-        let request = format!(
-            "GET {}/key?v={} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-            url.path,
-            opts.capability_version,
-            url.authority(),
-            opts.user_agent
-        );
-        io.write_all(request.as_bytes()).await.map_err(io_err(STEP))?;
+        let target = format!("{}/key?v={}", url.path, opts.capability_version);
+        let request = HeadWriter::request("GET", &target)
+            .header("Host", url.authority())
+            .header("User-Agent", &opts.user_agent)
+            .header("Accept", "application/json")
+            .header("Connection", "close")
+            .finish();
+        io.write_all(&request).await.map_err(io_err(STEP))?;
         io.flush().await.map_err(io_err(STEP))?;
         let mut buf = Vec::new();
-        let head_len = http1::read_head(&mut io, &mut buf, STEP).await?;
-        let head = http1::parse_response_head(&buf[..head_len])?;
-        let length = http1::response_body_length(&head)?;
-        let body = read_body(&mut io, buf.split_off(head_len), length, super::MAX_KEY_RESPONSE_LEN, STEP).await?;
+        let head_len = tokio_io::read_head(&mut io, &mut buf)
+            .await
+            .map_err(http_read_err(STEP))?;
+        let head = ResponseHead::parse(&buf[..head_len])?;
+        let body = read_body(
+            &mut io,
+            &buf[head_len..],
+            &head,
+            super::MAX_KEY_RESPONSE_LEN,
+            STEP,
+        )
+        .await?;
         if head.status != 200 {
-            return Err(Error::Status { step: STEP, status: head.status, body: body_excerpt(&body) });
+            return Err(Error::Status {
+                step: STEP,
+                status: head.status,
+                body: body_excerpt(&body),
+            });
         }
         parse_key_response(&body)
     })
     .await
 }
 
-/// Reads an HTTP/1.1 body delimited by `length`, starting from already-buffered `data`.
+/// Reads the body of the response `head` (at most `limit` bytes), starting from the
+/// already-buffered `start`.
 async fn read_body<S: AsyncRead + Unpin>(
     io: &mut S,
-    mut data: Vec<u8>,
-    length: http1::BodyLength,
+    start: &[u8],
+    head: &ResponseHead,
     limit: usize,
     step: &'static str,
 ) -> Result<Vec<u8>, Error> {
-    use tokio::io::AsyncReadExt;
-    let mut eof = false;
-    loop {
-        if let Some(body) = http1::decode_body(length, &data, eof)? {
-            return Ok(body);
-        }
-        if data.len() > limit {
-            return Err(Error::Http(format!(
-                "{step}: response body exceeds {limit} bytes"
-            )));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = io.read(&mut chunk).await.map_err(io_err(step))?;
-        eof = n == 0;
-        data.extend_from_slice(&chunk[..n]);
-    }
+    let body = BodyDecoder::new(head.body_length()?, limit as u64)?;
+    tokio_io::read_body(io, start, body)
+        .await
+        .map_err(http_read_err(step))
 }
 
 /// At most 200 printable characters of an error body, for messages.
@@ -235,36 +236,32 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     const STEP: &str = "upgrading to the control protocol (POST /ts2021)";
     let (handshake, initiation) =
         InitiatorHandshake::start(machine_private, server_public, opts.capability_version)?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nUpgrade: {}\r\nConnection: upgrade\r\n{}: {}\r\nContent-Length: 0\r\n\r\n",
-        super::UPGRADE_PATH,
-        url.authority(),
-        opts.user_agent,
-        super::UPGRADE_PROTOCOL,
-        super::HANDSHAKE_HEADER,
-        base64::engine::general_purpose::STANDARD.encode(initiation),
-    );
-    io.write_all(request.as_bytes())
-        .await
-        .map_err(io_err(STEP))?;
+    let request = HeadWriter::request("POST", super::UPGRADE_PATH)
+        .header("Host", url.authority())
+        .header("User-Agent", &opts.user_agent)
+        .header("Upgrade", super::UPGRADE_PROTOCOL)
+        .header("Connection", "upgrade")
+        .header(
+            super::HANDSHAKE_HEADER,
+            base64::engine::general_purpose::STANDARD.encode(initiation),
+        )
+        .finish_with_body(&[]);
+    io.write_all(&request).await.map_err(io_err(STEP))?;
     io.flush().await.map_err(io_err(STEP))?;
 
     let mut buf = Vec::new();
-    let head_len = http1::read_head(&mut io, &mut buf, STEP).await?;
-    let head = http1::parse_response_head(&buf[..head_len])?;
+    let head_len = tokio_io::read_head(&mut io, &mut buf)
+        .await
+        .map_err(http_read_err(STEP))?;
+    let head = ResponseHead::parse(&buf[..head_len])?;
     let mut rest = buf.split_off(head_len);
     if head.status != 101 {
         // Best effort at the server's explanation; the status alone is the error.
-        let body = match http1::response_body_length(&head) {
-            Ok(len) => {
-                let read = read_body(&mut io, rest, len, 4096, STEP);
-                tokio::time::timeout(Duration::from_secs(1), read)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-            Err(_) => None,
-        };
+        let read = read_body(&mut io, &rest, &head, 4096, STEP);
+        let body = tokio::time::timeout(Duration::from_secs(1), read)
+            .await
+            .ok()
+            .and_then(Result::ok);
         return Err(Error::Status {
             step: STEP,
             status: head.status,
@@ -282,7 +279,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     }
 
     const HS_STEP: &str = "reading the Noise handshake response";
-    if let Err(e) = http1::read_at_least(&mut io, &mut rest, HEADER_LEN, HS_STEP).await {
+    if let Err(e) = read_at_least(&mut io, &mut rest, HEADER_LEN, HS_STEP).await {
         return Err(match e {
             Error::Io { source, .. }
                 if rest.is_empty() && source.kind() == io::ErrorKind::UnexpectedEof =>
@@ -305,7 +302,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     let header: [u8; HEADER_LEN] = rest[..HEADER_LEN].try_into().expect("length checked");
     match noise::parse_server_reply_header(&header)? {
         ServerReplyHeader::Response => {
-            http1::read_at_least(&mut io, &mut rest, RESPONSE_LEN, HS_STEP).await?;
+            read_at_least(&mut io, &mut rest, RESPONSE_LEN, HS_STEP).await?;
             let leftover = rest.split_off(RESPONSE_LEN);
             let transport = handshake.read_response(&rest)?;
             Ok(NoiseStream::new(io, transport, leftover, Vec::new()))
@@ -314,7 +311,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
             // Read what arrives of the message; a short one is still worth showing.
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
-                http1::read_at_least(&mut io, &mut rest, HEADER_LEN + len, HS_STEP),
+                read_at_least(&mut io, &mut rest, HEADER_LEN + len, HS_STEP),
             )
             .await;
             let end = rest.len().min(HEADER_LEN + len);

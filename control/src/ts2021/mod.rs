@@ -3,12 +3,11 @@
 //! payload, and HTTP/2 inside it. Both sides: [`client`] for our node, [`server`] for the
 //! project's test control server.
 //!
-//! The protocol logic lives in sans-IO pieces ([`crate::noise`], [`http1`], [`early`],
+//! The protocol logic lives in sans-IO pieces ([`crate::noise`], [`ringscale_http1`], [`early`],
 //! [`url`]); [`stream`], [`client`] and [`server`] are the tokio edges that drive them.
 
 pub mod client;
 pub mod early;
-pub mod http1;
 pub mod server;
 pub mod stream;
 #[cfg(feature = "tls")]
@@ -150,6 +149,59 @@ impl From<crate::noise::HandshakeError> for Error {
 /// `io::Error` → [`Error::Io`] with the step that failed.
 pub(crate) fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { step, source }
+}
+
+impl From<ringscale_http1::Error> for Error {
+    fn from(e: ringscale_http1::Error) -> Error {
+        Error::Http(e.to_string())
+    }
+}
+
+/// Reading an HTTP/1.1 message failed during `step`.
+pub(crate) fn http_read_err(
+    step: &'static str,
+) -> impl FnOnce(ringscale_http1::ReadError) -> Error {
+    move |e| match e {
+        ringscale_http1::ReadError::Io(source) => Error::Io { step, source },
+        ringscale_http1::ReadError::Closed { received } => Error::Io {
+            step,
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                if received == 0 {
+                    "connection closed before any response".to_string()
+                } else {
+                    format!("connection closed after {received} bytes of an incomplete HTTP head")
+                },
+            ),
+        },
+        ringscale_http1::ReadError::Http(e) => Error::Http(format!("{step}: {e}")),
+    }
+}
+
+/// Reads from `io` into `buf` until it holds at least `n` bytes (the Noise handshake
+/// messages after the upgrade).
+pub(crate) async fn read_at_least<S: tokio::io::AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    n: usize,
+    step: &'static str,
+) -> Result<(), Error> {
+    use tokio::io::AsyncReadExt;
+    while buf.len() < n {
+        let mut chunk = [0u8; 2048];
+        let got = io.read(&mut chunk).await.map_err(io_err(step))?;
+        if got == 0 {
+            return Err(Error::Io {
+                step,
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {} of {n} bytes", buf.len()),
+                ),
+            });
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    Ok(())
 }
 
 /// Formats a 32-byte key as Tailscale's typed text, e.g. `mkey:<64 hex>`.

@@ -19,10 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::early::{encode_early_payload, EarlyNoise};
-use super::http1::{self, RequestHead};
 use super::stream::NoiseStream;
-use super::{format_key, io_err, Body, Error};
+use super::{format_key, http_read_err, io_err, Body, Error};
 use crate::noise::{self, HandshakeError};
+use ringscale_http1::{tokio_io, BodyDecoder, HeadWriter, ReadError, RequestHead};
 
 /// How the server behaves.
 #[derive(Debug, Clone)]
@@ -93,11 +93,10 @@ pub async fn write_http1_response<S: AsyncWrite + Unpin>(
     response: &Http1Response,
 ) -> Result<(), Error> {
     const STEP: &str = "writing an HTTP/1.1 response";
-    let bytes = http1::format_response(
-        response.status,
-        &[("Content-Type", &response.content_type)],
-        &response.body,
-    );
+    let bytes = HeadWriter::response(response.status)
+        .header("Content-Type", &response.content_type)
+        .header("Connection", "close")
+        .finish_with_body(&response.body);
     io.write_all(&bytes).await.map_err(io_err(STEP))?;
     io.shutdown().await.map_err(io_err(STEP))
 }
@@ -320,20 +319,16 @@ async fn accept_inner<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Accepted<S>, Error> {
     const STEP: &str = "reading the client's HTTP request";
     let mut buf = Vec::new();
-    let head_len = match http1::read_head(&mut io, &mut buf, STEP).await {
-        Ok(n) => n,
-        Err(e @ Error::Http(_)) => {
-            let _ = write_http1_response(&mut io, &Http1Response::text(400, "bad request\n")).await;
-            return Err(e);
-        }
-        Err(e) => return Err(e),
+    let head = match tokio_io::read_head(&mut io, &mut buf).await {
+        Ok(len) => RequestHead::parse(&buf[..len]).map(|head| (head, len)),
+        Err(ReadError::Http(e)) => Err(e),
+        Err(e) => return Err(http_read_err(STEP)(e)),
     };
-    let head = match http1::parse_request_head(&buf[..head_len]) {
+    let (head, head_len) = match head {
         Ok(h) => h,
-        Err(e) => {
-            let _ = write_http1_response(&mut io, &Http1Response::text(400, "bad request\n")).await;
-            return Err(e);
-        }
+        // 400 for every malformed head, oversize ones included (as before the shared
+        // codec); the codec's fixed texts only: nothing the client sent is echoed back.
+        Err(e) => return Err(refuse(&mut io, 400, &e.to_string()).await),
     };
     let leftover = buf.split_off(head_len);
 
@@ -367,17 +362,22 @@ async fn accept_inner<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map(|c| Accepted::Noise(Box::new(c))),
         _ => {
-            let len = match http1::request_body_length(&head) {
-                Ok(len) => len,
-                Err(e) => return Err(refuse(&mut io, 411, &e.to_string()).await),
+            const BODY_STEP: &str = "reading an HTTP/1.1 request body";
+            let limit = config.max_http1_body as u64;
+            let body = match head
+                .body_length()
+                .and_then(|len| BodyDecoder::new(len, limit))
+            {
+                Ok(body) => body,
+                Err(e) => return Err(refuse(&mut io, e.status(), &e.to_string()).await),
             };
-            if len > config.max_http1_body {
-                return Err(refuse(&mut io, 413, "request body too large").await);
-            }
-            let mut body = leftover;
-            http1::read_at_least(&mut io, &mut body, len, "reading an HTTP/1.1 request body")
-                .await?;
-            body.truncate(len);
+            let body = match tokio_io::read_body(&mut io, &leftover, body).await {
+                Ok(body) => body,
+                Err(ReadError::Http(e)) => {
+                    return Err(refuse(&mut io, e.status(), &e.to_string()).await)
+                }
+                Err(e) => return Err(http_read_err(BODY_STEP)(e)),
+            };
             Ok(Accepted::Http1(Http1Request { head, body }, io))
         }
     }

@@ -16,6 +16,7 @@
 //! is through the tunnel.
 
 use super::forward::check_answer;
+use ringscale_http1::{blocking, BodyDecoder, HeadWriter, ReadError, ResponseHead};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -24,8 +25,6 @@ use std::time::{Duration, Instant};
 
 /// Largest answer accepted from a DoH server.
 const MAX_ANSWER: usize = 65_535;
-/// Room for the response head on top of the answer.
-const MAX_HEAD: usize = 8192;
 
 /// A byte stream a DoH request runs over: plain TCP, or TLS on top of it.
 pub trait Stream: Read + Write + Send {}
@@ -234,17 +233,16 @@ fn exchange(
     query: &[u8],
     deadline: Instant,
 ) -> io::Result<Vec<u8>> {
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringscale/{}\r\n\
-         Content-Type: application/dns-message\r\nAccept: application/dns-message\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        url.target,
-        url.authority,
-        env!("CARGO_PKG_VERSION"),
-        query.len()
-    );
-    let mut req = head.into_bytes();
-    req.extend_from_slice(query);
+    let req = HeadWriter::request("POST", &url.target)
+        .header("Host", &url.authority)
+        .header(
+            "User-Agent",
+            concat!("ringscale/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("Content-Type", "application/dns-message")
+        .header("Accept", "application/dns-message")
+        .header("Connection", "close")
+        .finish_with_body(query);
     stream.write_all(&req)?;
     stream.flush()?;
     let body = read_response(stream, deadline)?;
@@ -256,111 +254,55 @@ fn exchange(
 /// the body is complete, so a TLS server that closes without close_notify is no error.
 /// A server trickling bytes is cut off at `deadline` (the socket timeouts bound each
 /// read only).
-fn read_response(stream: &mut dyn Stream, deadline: Instant) -> io::Result<Vec<u8>> {
-    let mut resp = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if Instant::now() >= deadline {
+fn read_response<R: Read + ?Sized>(stream: &mut R, deadline: Instant) -> io::Result<Vec<u8>> {
+    let mut stream = UntilDeadline { stream, deadline };
+    let mut buf = Vec::new();
+    let head_len = blocking::read_head(&mut stream, &mut buf).map_err(read_error)?;
+    let head = ResponseHead::parse(&buf[..head_len]).map_err(|e| invalid(e.to_string()))?;
+    if head.status != 200 {
+        return Err(invalid(format!("DoH server answered HTTP {}", head.status)));
+    }
+    let ct = head.headers.get("content-type").unwrap_or("");
+    if !ct.starts_with("application/dns-message") {
+        return Err(invalid(format!("DoH answer has content type {ct:?}")));
+    }
+    let body = head
+        .body_length()
+        .and_then(|len| BodyDecoder::new(len, MAX_ANSWER as u64))
+        .map_err(|e| read_error(e.into()))?;
+    blocking::read_body(&mut stream, &buf[head_len..], body).map_err(read_error)
+}
+
+fn read_error(e: ReadError) -> io::Error {
+    match e {
+        ReadError::Io(e) => e,
+        ReadError::Closed { .. } | ReadError::Http(ringscale_http1::Error::BodyTruncated) => {
+            invalid("DoH answer cut short")
+        }
+        ReadError::Http(ringscale_http1::Error::BodyTooLarge) => invalid("DoH answer too large"),
+        ReadError::Http(e) => invalid(e.to_string()),
+    }
+}
+
+/// A reader that fails once `deadline` has passed, and reads TLS's "closed without
+/// close_notify" as the end of the stream (a body without length ends there).
+struct UntilDeadline<'a, R: ?Sized> {
+    stream: &'a mut R,
+    deadline: Instant,
+}
+
+impl<R: Read + ?Sized> Read for UntilDeadline<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "DoH answer too slow",
             ));
         }
-        let eof = match stream.read(&mut buf) {
-            Ok(0) => true,
-            Ok(n) => {
-                resp.extend_from_slice(&buf[..n]);
-                false
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => true,
-            Err(e) => return Err(e),
-        };
-        if let Some(body) = parse_response(&resp, eof)? {
-            return Ok(body);
+        match self.stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+            other => other,
         }
-        if eof {
-            return Err(invalid("DoH answer cut short"));
-        }
-        if resp.len() > MAX_ANSWER + MAX_HEAD {
-            return Err(invalid("DoH answer too large"));
-        }
-    }
-}
-
-/// The body of a complete response in `resp`, None while more is needed; `eof`: the
-/// server has closed (a body without length ends there).
-fn parse_response(resp: &[u8], eof: bool) -> io::Result<Option<Vec<u8>>> {
-    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if resp.len() > MAX_HEAD {
-            return Err(invalid("HTTP response head too large"));
-        }
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&resp[..end]).map_err(|_| invalid("HTTP header not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid(format!("bad HTTP status line {status_line:?}")))?;
-    let headers: Vec<(&str, &str)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
-    };
-    if status != 200 {
-        return Err(invalid(format!("DoH server answered HTTP {status}")));
-    }
-    let ct = header("content-type").unwrap_or("");
-    if !ct.starts_with("application/dns-message") {
-        return Err(invalid(format!("DoH answer has content type {ct:?}")));
-    }
-    let body = &resp[end + 4..];
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        return dechunk(body);
-    }
-    if let Some(len) = header("content-length") {
-        let len: usize = len.parse().map_err(|_| invalid("bad Content-Length"))?;
-        if len > MAX_ANSWER {
-            return Err(invalid("DoH answer too large"));
-        }
-        return Ok(body.get(..len).map(<[u8]>::to_vec));
-    }
-    Ok(eof.then(|| body.to_vec()))
-}
-
-/// Decodes a chunked body: None while incomplete.
-fn dechunk(mut body: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    let mut out = Vec::new();
-    loop {
-        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| invalid("bad chunk"))?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| invalid("bad chunk size"))?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        if out.len().saturating_add(size) > MAX_ANSWER {
-            return Err(invalid("DoH answer too large"));
-        }
-        let Some(chunk) = body.get(..size) else {
-            return Ok(None);
-        };
-        out.extend_from_slice(chunk);
-        let Some(rest) = body.get(size + 2..) else {
-            return Ok(None);
-        };
-        body = rest;
     }
 }
 
@@ -506,33 +448,33 @@ mod tests {
 
     #[test]
     fn responses_are_complete_by_length_or_chunks_and_bounded() {
+        // The HTTP framing itself is ringscale-http1's (and tested there); here: what
+        // the DoH client makes of whole responses that end where the bytes end.
+        let read = |r: &[u8]| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            read_response(&mut &r[..], deadline).map_err(|e| e.to_string())
+        };
         let head = "HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\n";
         let r = format!("{head}Content-Length: 4\r\n\r\nab");
-        assert_eq!(parse_response(r.as_bytes(), false).unwrap(), None);
-        let r = format!("{head}Content-Length: 4\r\n\r\nabcd");
-        assert_eq!(
-            parse_response(r.as_bytes(), false).unwrap(),
-            Some(b"abcd".to_vec())
-        );
+        assert_eq!(read(r.as_bytes()), Err("DoH answer cut short".into()));
+        let r = format!("{head}Content-Length: 4\r\n\r\nabcdEXTRA");
+        assert_eq!(read(r.as_bytes()), Ok(b"abcd".to_vec()));
         let r = format!("{head}Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n");
-        assert_eq!(parse_response(r.as_bytes(), false).unwrap(), None);
+        assert_eq!(read(r.as_bytes()), Err("DoH answer cut short".into()));
         let r = format!("{head}Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n");
-        assert_eq!(
-            parse_response(r.as_bytes(), false).unwrap(),
-            Some(b"abc".to_vec())
-        );
+        assert_eq!(read(r.as_bytes()), Ok(b"abc".to_vec()));
         let r = format!("{head}\r\nxyz");
-        assert_eq!(parse_response(r.as_bytes(), false).unwrap(), None);
-        assert_eq!(
-            parse_response(r.as_bytes(), true).unwrap(),
-            Some(b"xyz".to_vec())
-        );
+        assert_eq!(read(r.as_bytes()), Ok(b"xyz".to_vec()));
         let r = format!("{head}Content-Length: 99999999\r\n\r\n");
-        assert!(parse_response(r.as_bytes(), false).is_err());
-        let r = format!("{head}Transfer-Encoding: chunked\r\n\r\nffffffff\r\n");
-        assert!(parse_response(r.as_bytes(), false).is_err());
-        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n", false).is_err());
-        assert!(parse_response(&[b'x'; MAX_HEAD + 1], false).is_err());
+        assert_eq!(read(r.as_bytes()), Err("DoH answer too large".into()));
+        let mut r = format!("{head}Transfer-Encoding: chunked\r\n\r\nffffffff\r\n").into_bytes();
+        r.resize(r.len() + MAX_ANSWER + 1, b'x');
+        assert_eq!(read(&r), Err("DoH answer too large".into()));
+        let r = format!("{head}Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(read(r.as_bytes()).is_err());
+        assert!(read(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert!(read(&[b'x'; ringscale_http1::MAX_HEAD_LEN]).is_err());
+        assert_eq!(read(b""), Err("DoH answer cut short".into()));
     }
 
     #[test]
