@@ -300,6 +300,28 @@ mod tests {
         assert!(Parsed::new(&[]).is_none());
     }
 
+    /// Every cut of a valid packet is None (no IP header) or Unknown: the length field
+    /// claims more than arrived. Never a panic, never the ports of a partial header.
+    #[test]
+    fn every_truncation_is_none_or_unknown() {
+        let mut frag6 = vec![UDP, 0, 0, 0, 0, 0, 0, 1];
+        frag6.extend_from_slice(&[0x12, 0x34, 0, 53, 0, 8, 0, 0]);
+        let packets = [
+            tcp("100.64.0.1", "100.64.0.2", 1, 2, 0x02),
+            udp("fd7a::1", "fd7a::2", 5353, 53),
+            icmp("1.2.3.4", "100.64.0.1", 3),
+            ip("fd7a::1", "fd7a::2", 44, &frag6),
+        ];
+        for p in &packets {
+            assert!(matches!(Parsed::new(p).unwrap().proto, Proto::Ip(_)));
+            for cut in 0..p.len() {
+                if let Some(q) = Parsed::new(&p[..cut]) {
+                    assert_eq!(q.proto, Proto::Unknown, "cut at {cut}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn fragments() {
         let mut later = udp("100.64.0.1", "100.64.0.2", 1, 2);

@@ -412,7 +412,7 @@ fn classify(pkt: &[u8], udp_gro: bool) -> Class {
             // The UDP length must describe the datagram, and a zero (absent) checksum
             // cannot be verified.
             let h = UdpHeader::new_unchecked(l4);
-            h.len() == l4.len() && h.checksum() != 0
+            h.length() == l4.len() && h.checksum() != 0
         };
     if !mergeable {
         return Class::Barrier(key);

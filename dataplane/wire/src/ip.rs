@@ -540,7 +540,7 @@ pub(crate) mod testpkt {
         t[2..4].copy_from_slice(&dport.to_be_bytes());
         t[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
         t[8..12].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
-        t[12] = ((20 + options.len()) / 4 << 4) as u8;
+        t[12] = (((20 + options.len()) / 4) << 4) as u8;
         t[13] = flags;
         t[14..16].copy_from_slice(&1000u16.to_be_bytes());
         t.extend_from_slice(options);
@@ -770,6 +770,54 @@ mod tests {
             for cut in 0..p.len() {
                 assert!(Ipv4Packet::new_checked(&p[..cut]).is_err());
                 assert!(Ipv6Packet::new_checked(&p[..cut]).is_err());
+            }
+        }
+    }
+
+    /// Random bytes behind a plausible first byte: whatever the views accept, their
+    /// accessors can read without panicking.
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 120) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = b.first_mut() {
+                *first = [0x45, 0x46, 0x4f, 0x60][(next() % 4) as usize];
+            }
+            if b.len() > 6 && next() % 2 == 0 {
+                b[6] = [HOP_BY_HOP, IPV6_FRAGMENT, IPV6_DEST_OPTS, TCP][(next() % 4) as usize];
+            }
+            if b.len() > 5 && next() % 2 == 0 {
+                // A length field that fits the buffer, so the walk gets further.
+                let plen = (b.len().saturating_sub(40)) as u16;
+                let total = b.len() as u16;
+                b[2..4].copy_from_slice(&total.to_be_bytes());
+                b[4..6].copy_from_slice(&plen.to_be_bytes());
+            }
+            for ext in [Ipv6Extensions::Options, Ipv6Extensions::FragmentFirst] {
+                if let Ok(t) = transport(&b, ext) {
+                    assert!(t.offset <= t.end && t.end <= b.len());
+                    let l4 = t.bytes(&b);
+                    if let Ok(h) = crate::tcp::TcpHeader::new_checked(l4) {
+                        let _ = (h.options(), h.flags(), h.urgent_at());
+                    }
+                    if let Ok(h) = crate::udp::UdpHeader::new_checked(l4) {
+                        let _ = (h.length(), h.checksum());
+                    }
+                }
+            }
+            if let Ok(ip) = Ipv4Packet::new_checked(&b[..]) {
+                let _ = (ip.payload(), ip.dst_addr(), ip.frag_offset());
+            }
+            if let Ok(ip) = Ipv6Packet::new_checked(&b[..]) {
+                let _ = (ip.payload(), ip.dst_addr(), ip.hop_limit());
             }
         }
     }

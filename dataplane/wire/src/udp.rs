@@ -47,7 +47,7 @@ impl<T: AsRef<[u8]>> UdpHeader<T> {
 
     /// The length field: header and data, in bytes.
     #[inline]
-    pub fn len(&self) -> usize {
+    pub fn length(&self) -> usize {
         usize::from(be16(self.buffer.as_ref(), 4))
     }
 
@@ -80,13 +80,13 @@ mod tests {
         let mut b = testpkt::udp(5353, 53, b"query");
         let u = UdpHeader::new_checked(&b[..]).unwrap();
         assert_eq!(
-            (u.src_port(), u.dst_port(), u.len(), u.checksum()),
+            (u.src_port(), u.dst_port(), u.length(), u.checksum()),
             (5353, 53, 13, 0)
         );
         let mut u = UdpHeader::new_unchecked(&mut b[..]);
         u.set_len(9);
         u.set_checksum(0xffff);
-        assert_eq!((u.len(), u.checksum()), (9, 0xffff));
+        assert_eq!((u.length(), u.checksum()), (9, 0xffff));
         for cut in 0..HEADER_LEN {
             assert_eq!(UdpHeader::new_checked(&b[..cut]), Err(Error::Truncated));
         }
