@@ -23,6 +23,8 @@ pub use rules::{DstRange, FilterConfig, FilterParseError, FilterRule, IpRange, P
 
 use flows::{FlowTable, Tuple};
 use packet::{Parsed, Proto};
+use ringscale_wire::ip::protocol::{ICMPV4, ICMPV6, SCTP, TCP, UDP};
+use ringscale_wire::tcp;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -253,20 +255,18 @@ impl Filter {
             return Verdict::Drop(DropReason::Malformed);
         };
         let ok = match proto {
-            packet::ICMPV4 | packet::ICMPV6 if (proto == packet::ICMPV6) == p.v6 => {
+            ICMPV4 | ICMPV6 if (proto == ICMPV6) == p.v6 => {
                 p.is_icmp_echo_reply() || p.is_icmp_error() || fam.matches_ips(&p)
             }
-            packet::TCP => !p.is_tcp_syn() || fam.matches(&p, proto),
-            packet::UDP | packet::SCTP => {
-                self.flows.is_reply(&tuple(&p, proto)) || fam.matches(&p, proto)
-            }
+            TCP => !p.is_tcp_syn() || fam.matches(&p, proto),
+            UDP | SCTP => self.flows.is_reply(&tuple(&p, proto)) || fam.matches(&p, proto),
             packet::TSMP => true,
             _ => fam.matches_all_ports(&p, proto),
         };
         // PeerAPI takes connections whatever the rules say; it checks at L7.
         let open = || {
-            proto == packet::TCP
-                && p.tcp_flags & 0x02 != 0
+            proto == TCP
+                && p.tcp_flags & tcp::SYN != 0
                 && fam.open_tcp.contains(&(p.dst, p.dst_port))
         };
         if ok || open() {
@@ -285,7 +285,7 @@ impl Filter {
         if let Some(v) = pre_check(&p) {
             return v;
         }
-        if let Proto::Ip(proto @ (packet::UDP | packet::SCTP)) = p.proto {
+        if let Proto::Ip(proto @ (UDP | SCTP)) = p.proto {
             self.flows.note_outbound(&tuple(&p, proto));
         }
         Verdict::Accept

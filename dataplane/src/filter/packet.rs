@@ -1,28 +1,20 @@
-//! The few header fields the packet filter decides on, read from an IP packet in place
-//! (smoltcp `wire` style: no copies, no allocation). The rules follow Go's
-//! `net/packet.Parsed`: a packet whose transport header is cut short, or a non-first
-//! fragment at an offset that could overlap a transport header, is `Unknown` and gets
-//! dropped, so that no fragment trick hides a port from the filter.
+//! The filter's summary of a packet: the few header fields it decides on, read in
+//! place through ringscale-wire's views (no copies, no allocation). The rules follow
+//! Go's `net/packet.Parsed`: a packet whose transport header is cut short, or a
+//! non-first fragment at an offset that could overlap a transport header, is `Unknown`
+//! and gets dropped, so that no fragment trick hides a port from the filter.
 
+use ringscale_wire::icmp::{self, IcmpHeader};
+use ringscale_wire::ip::{self, ipv4, ipv6, Fragment, Ipv4Packet, Ipv6Extensions, Ipv6Packet};
+use ringscale_wire::tcp::{self, TcpHeader};
+use ringscale_wire::udp::{self, UdpHeader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const ICMPV4: u8 = 1;
-pub const IGMP: u8 = 2;
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-pub const ICMPV6: u8 = 58;
-pub const SCTP: u8 = 132;
+use ringscale_wire::ip::protocol::{ICMPV4, ICMPV6, IGMP, SCTP, TCP, UDP};
 /// Tailscale's own message protocol (pings, rejects), always accepted.
 pub const TSMP: u8 = 99;
-const IPV6_FRAGMENT: u8 = 44;
 
-/// Fragment offsets (in 8-byte blocks) below this could overlap a transport header
-/// (RFC 1858); such fragments are refused.
-const MIN_FRAG_BLOCKS: u16 = (60 + 20) / 8;
 const MIN_TSMP_SIZE: usize = 7;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// What the transport layer of a packet is, as far as the filter cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,16 +47,91 @@ impl Parsed {
     /// Parses an IPv4 or IPv6 packet; None when it is neither (or shorter than an IP
     /// header), which the filter treats as Unknown.
     pub fn new(pkt: &[u8]) -> Option<Parsed> {
-        match pkt.first()? >> 4 {
-            4 => parse_v4(pkt),
-            6 => parse_v6(pkt),
-            _ => None,
+        let (v6, src, dst) = match ip::version(pkt)? {
+            4 if pkt.len() >= ipv4::HEADER_LEN => {
+                let ip = Ipv4Packet::new_unchecked(pkt);
+                let (s, d) = (ip.src_addr_bytes(), ip.dst_addr_bytes());
+                (
+                    false,
+                    u32::from_be_bytes(s).into(),
+                    u32::from_be_bytes(d).into(),
+                )
+            }
+            6 if pkt.len() >= ipv6::HEADER_LEN => {
+                let ip = Ipv6Packet::new_unchecked(pkt);
+                let (s, d) = (ip.src_addr_bytes(), ip.dst_addr_bytes());
+                (true, u128::from_be_bytes(s), u128::from_be_bytes(d))
+            }
+            _ => return None,
+        };
+        let mut p = Parsed {
+            v6,
+            proto: Proto::Unknown,
+            src,
+            dst,
+            src_port: 0,
+            dst_port: 0,
+            tcp_flags: 0,
+            icmp: None,
+        };
+        // Lengths that disagree with the buffer, an IPv6 fragment header cut short and
+        // a later fragment that could overlap a transport header all leave Unknown.
+        let Ok(t) = ip::transport(pkt, Ipv6Extensions::FragmentFirst) else {
+            return Some(p);
+        };
+        match t.fragment {
+            Fragment::Later => p.proto = Proto::Fragment,
+            // A TSMP message must arrive whole (IPv4, as in Go).
+            Fragment::First if !v6 && t.protocol == TSMP => {}
+            Fragment::Whole | Fragment::First => {
+                p.proto = Proto::Ip(t.protocol);
+                p.read_transport(t.bytes(pkt));
+            }
+        }
+        Some(p)
+    }
+
+    /// Reads ports, flags or ICMP type from the transport header; a header cut short
+    /// makes the packet Unknown.
+    fn read_transport(&mut self, sub: &[u8]) {
+        let Proto::Ip(proto) = self.proto else { return };
+        let need = match proto {
+            // Go does not check TCP's data offset, only that the fixed header is there.
+            TCP => tcp::HEADER_LEN,
+            UDP | SCTP => udp::HEADER_LEN,
+            ICMPV4 | ICMPV6 => icmp::HEADER_LEN,
+            IGMP => 8,
+            TSMP => MIN_TSMP_SIZE,
+            // Our internal "fragment" number must never come off the wire.
+            0xff => usize::MAX,
+            _ => 0,
+        };
+        if sub.len() < need {
+            self.proto = Proto::Unknown;
+            return;
+        }
+        match proto {
+            TCP => {
+                let h = TcpHeader::new_unchecked(sub);
+                (self.src_port, self.dst_port) = (h.src_port(), h.dst_port());
+                self.tcp_flags = h.flags();
+            }
+            // SCTP's ports sit where UDP's do.
+            UDP | SCTP => {
+                let h = UdpHeader::new_unchecked(sub);
+                (self.src_port, self.dst_port) = (h.src_port(), h.dst_port());
+            }
+            ICMPV4 | ICMPV6 => {
+                let h = IcmpHeader::new_unchecked(sub);
+                self.icmp = Some((h.msg_type(), h.code()));
+            }
+            _ => {}
         }
     }
 
     /// A TCP segment that opens a connection: SYN without ACK.
     pub fn is_tcp_syn(&self) -> bool {
-        self.proto == Proto::Ip(TCP) && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.proto == Proto::Ip(TCP) && self.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
     }
 
     pub fn is_icmp_echo_reply(&self) -> bool {
@@ -117,123 +184,6 @@ fn to_ip(v6: bool, a: u128) -> IpAddr {
         IpAddr::V6(Ipv6Addr::from(a))
     } else {
         IpAddr::V4(Ipv4Addr::from(a as u32))
-    }
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn parse_v4(b: &[u8]) -> Option<Parsed> {
-    if b.len() < 20 {
-        return None;
-    }
-    let mut p = Parsed {
-        v6: false,
-        proto: Proto::Ip(b[9]),
-        src: u32::from_be_bytes([b[12], b[13], b[14], b[15]]) as u128,
-        dst: u32::from_be_bytes([b[16], b[17], b[18], b[19]]) as u128,
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        icmp: None,
-    };
-    let total = be16(b, 2) as usize;
-    let header = ((b[0] & 0x0f) as usize) << 2;
-    if b.len() < total || header < 20 || header > total {
-        p.proto = Proto::Unknown;
-        return Some(p);
-    }
-    let frag = be16(b, 6);
-    let more_fragments = frag & 0x2000 != 0;
-    let offset = frag & 0x1fff;
-    if offset != 0 {
-        p.proto = if offset < MIN_FRAG_BLOCKS {
-            Proto::Unknown
-        } else {
-            Proto::Fragment
-        };
-        return Some(p);
-    }
-    if b[9] == TSMP && more_fragments {
-        p.proto = Proto::Unknown;
-        return Some(p);
-    }
-    transport(&mut p, &b[header..total]);
-    Some(p)
-}
-
-fn parse_v6(b: &[u8]) -> Option<Parsed> {
-    if b.len() < 40 {
-        return None;
-    }
-    let mut p = Parsed {
-        v6: true,
-        proto: Proto::Ip(b[6]),
-        src: u128::from_be_bytes(b[8..24].try_into().ok()?),
-        dst: u128::from_be_bytes(b[24..40].try_into().ok()?),
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        icmp: None,
-    };
-    let total = be16(b, 4) as usize + 40;
-    if b.len() < total {
-        p.proto = Proto::Unknown;
-        return Some(p);
-    }
-    let mut start = 40;
-    // The only extension header looked through is a Fragment header right after the
-    // base header (what a host emits when it fragments at the source); any other
-    // extension header is just a protocol number, as in Go.
-    if b[6] == IPV6_FRAGMENT {
-        if total < 48 {
-            p.proto = Proto::Unknown;
-            return Some(p);
-        }
-        let offset = be16(b, 42) >> 3;
-        if offset != 0 {
-            p.proto = if offset < MIN_FRAG_BLOCKS {
-                Proto::Unknown
-            } else {
-                Proto::Fragment
-            };
-            return Some(p);
-        }
-        p.proto = Proto::Ip(b[40]);
-        start = 48;
-    }
-    transport(&mut p, &b[start..total]);
-    Some(p)
-}
-
-/// Reads ports, flags or ICMP type from the transport header; a header cut short
-/// makes the packet Unknown.
-fn transport(p: &mut Parsed, sub: &[u8]) {
-    let Proto::Ip(proto) = p.proto else { return };
-    let need = match proto {
-        TCP => 20,
-        UDP | SCTP | ICMPV4 | ICMPV6 => 8,
-        IGMP => 8,
-        TSMP => MIN_TSMP_SIZE,
-        // Our internal "fragment" number must never come off the wire.
-        0xff => usize::MAX,
-        _ => 0,
-    };
-    if sub.len() < need {
-        p.proto = Proto::Unknown;
-        return;
-    }
-    match proto {
-        TCP | UDP | SCTP => {
-            p.src_port = be16(sub, 0);
-            p.dst_port = be16(sub, 2);
-            if proto == TCP {
-                p.tcp_flags = sub[13];
-            }
-        }
-        ICMPV4 | ICMPV6 => p.icmp = Some((sub[0], sub[1])),
-        _ => {}
     }
 }
 
@@ -348,6 +298,28 @@ mod tests {
         assert!(Parsed::new(&[0x45; 10]).is_none());
         assert!(Parsed::new(&[0x10; 40]).is_none());
         assert!(Parsed::new(&[]).is_none());
+    }
+
+    /// Every cut of a valid packet is None (no IP header) or Unknown: the length field
+    /// claims more than arrived. Never a panic, never the ports of a partial header.
+    #[test]
+    fn every_truncation_is_none_or_unknown() {
+        let mut frag6 = vec![UDP, 0, 0, 0, 0, 0, 0, 1];
+        frag6.extend_from_slice(&[0x12, 0x34, 0, 53, 0, 8, 0, 0]);
+        let packets = [
+            tcp("100.64.0.1", "100.64.0.2", 1, 2, 0x02),
+            udp("fd7a::1", "fd7a::2", 5353, 53),
+            icmp("1.2.3.4", "100.64.0.1", 3),
+            ip("fd7a::1", "fd7a::2", 44, &frag6),
+        ];
+        for p in &packets {
+            assert!(matches!(Parsed::new(p).unwrap().proto, Proto::Ip(_)));
+            for cut in 0..p.len() {
+                if let Some(q) = Parsed::new(&p[..cut]) {
+                    assert_eq!(q.proto, Proto::Unknown, "cut at {cut}");
+                }
+            }
+        }
     }
 
     #[test]

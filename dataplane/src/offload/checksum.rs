@@ -5,6 +5,8 @@
 //! big-endian 16-bit words, not yet folded. Such values add up freely (pseudo-header +
 //! header + payload) and are folded once at the end with [`fold`] / [`finish`].
 
+use ringscale_wire::ip::{Ipv4Packet, Ipv6Packet};
+
 /// Unfolded sum of `data` read as big-endian 16-bit words (an odd trailing byte is padded
 /// with zero), plus `initial`.
 ///
@@ -110,13 +112,21 @@ pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, l4_len: u32) 
 #[inline]
 pub(crate) fn pseudo_header(packet: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
     if v6 {
-        let src: &[u8; 16] = packet[8..24].try_into().unwrap();
-        let dst: &[u8; 16] = packet[24..40].try_into().unwrap();
-        pseudo_header_v6(src, dst, proto, l4_len as u32)
+        let ip = Ipv6Packet::new_unchecked(packet);
+        pseudo_header_v6(
+            &ip.src_addr_bytes(),
+            &ip.dst_addr_bytes(),
+            proto,
+            l4_len as u32,
+        )
     } else {
-        let src: &[u8; 4] = packet[12..16].try_into().unwrap();
-        let dst: &[u8; 4] = packet[16..20].try_into().unwrap();
-        pseudo_header_v4(src, dst, proto, l4_len as u16)
+        let ip = Ipv4Packet::new_unchecked(packet);
+        pseudo_header_v4(
+            &ip.src_addr_bytes(),
+            &ip.dst_addr_bytes(),
+            proto,
+            l4_len as u16,
+        )
     }
 }
 

@@ -26,19 +26,13 @@
 use std::ops::Range;
 
 use super::checksum::{self, fold, pseudo_header};
-use super::ip::{be16, be32, put_be16, IPV4_MIN_HEADER, IPV6_HEADER, PROTO_TCP, PROTO_UDP};
 use super::virtio::{
     VirtioNetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
 };
 use super::OffloadError;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
-const TCP_URG: u8 = 0x20;
-const TCP_CWR: u8 = 0x80;
+use ringscale_wire::ip::{ipv4, ipv6, protocol, Ipv4Packet, Ipv6Packet};
+use ringscale_wire::tcp::{self, TcpHeader};
+use ringscale_wire::udp::{self, UdpHeader};
 
 /// Largest IP packet we build: the IPv4 total length field is 16 bits, and a TUN write
 /// is bounded by it too.
@@ -255,22 +249,27 @@ impl Coalescer {
         }
         let l4 = c.l4_off;
         if c.tcp {
+            // Both headers were checked by classify, and their lengths are equal.
+            let (p, h) = (
+                TcpHeader::new_unchecked(&pkt[l4..c.hdr_len]),
+                TcpHeader::new_unchecked(&head[l4..c.hdr_len]),
+            );
             // Head flags never include PSH (PSH closes a group), and CWR may only lead.
             // Byte 12 holds the data offset (equal, as hdr_len is) and the AE/NS bit.
             if c.seq != group.next_seq
-                || pkt[l4 + 12] != head[l4 + 12]
-                || c.flags & TCP_CWR != 0
-                || c.flags & !TCP_PSH != head[l4 + 13] & !TCP_CWR
-                || pkt[l4 + 8..l4 + 12] != head[l4 + 8..l4 + 12]
-                || pkt[l4 + 14..l4 + 16] != head[l4 + 14..l4 + 16]
-                || pkt[l4 + 20..c.hdr_len] != head[l4 + 20..c.hdr_len]
+                || p.offset_byte() != h.offset_byte()
+                || c.flags & tcp::CWR != 0
+                || c.flags & !tcp::PSH != h.flags() & !tcp::CWR
+                || p.ack_number() != h.ack_number()
+                || p.window_len() != h.window_len()
+                || p.options() != h.options()
             {
                 return Join::NewGroup;
             }
         } else if group.segments >= MAX_UDP_SEGMENTS {
             return Join::NewGroup;
         }
-        let proto = if c.tcp { PROTO_TCP } else { PROTO_UDP };
+        let proto = if c.tcp { protocol::TCP } else { protocol::UDP };
         if !group.head_verified {
             if !l4_checksum_valid(head, c.v6, proto, l4) {
                 // The kernel will drop the head on its own checksum check; leave it alone.
@@ -291,7 +290,7 @@ impl Coalescer {
         if c.payload < usize::from(group.gso_size) {
             group.open = false;
         }
-        if c.tcp && c.flags & TCP_PSH != 0 {
+        if c.tcp && c.flags & tcp::PSH != 0 {
             group.psh = true;
             group.open = false;
         }
@@ -308,7 +307,7 @@ enum Join {
 }
 
 fn new_group(i: u32, pkt: &[u8], c: &Candidate) -> Group {
-    let psh = c.tcp && c.flags & TCP_PSH != 0;
+    let psh = c.tcp && c.flags & tcp::PSH != 0;
     Group {
         kind: if c.tcp { Kind::Tcp } else { Kind::Udp },
         v6: c.v6,
@@ -330,11 +329,12 @@ fn new_group(i: u32, pkt: &[u8], c: &Candidate) -> Group {
 /// version, header length and protocol through the flow key and candidate checks).
 fn ip_headers_match(a: &[u8], b: &[u8], v6: bool) -> bool {
     if v6 {
-        // Version, traffic class, flow label; hop limit.
-        a[..4] == b[..4] && a[7] == b[7]
+        let (a, b) = (Ipv6Packet::new_unchecked(a), Ipv6Packet::new_unchecked(b));
+        a.version_class_flow() == b.version_class_flow() && a.hop_limit() == b.hop_limit()
     } else {
-        // TOS; DF and reserved bits; TTL.
-        a[1] == b[1] && (a[6] ^ b[6]) & 0xe0 == 0 && a[8] == b[8]
+        // TOS; DF and reserved bits (MF is clear on candidates); TTL.
+        let (a, b) = (Ipv4Packet::new_unchecked(a), Ipv4Packet::new_unchecked(b));
+        a.tos() == b.tos() && a.flags() == b.flags() && a.ttl() == b.ttl()
     }
 }
 
@@ -353,59 +353,66 @@ fn classify(pkt: &[u8], udp_gro: bool) -> Class {
         6 => true,
         _ => return Class::Other,
     };
+    // The length fields must describe exactly this packet.
     let (l4_off, proto, ip_mergeable) = if v6 {
-        if pkt.len() < IPV6_HEADER || usize::from(be16(pkt, 4)) + IPV6_HEADER != pkt.len() {
+        let Ok(ip) = Ipv6Packet::new_checked(pkt) else {
+            return Class::Other;
+        };
+        if ip.total_len() != pkt.len() {
             return Class::Other;
         }
         // Extension headers: not merged, and not tracked (their ports are further in).
-        (IPV6_HEADER, pkt[6], true)
+        (ipv6::HEADER_LEN, ip.next_header(), true)
     } else {
-        if pkt.len() < IPV4_MIN_HEADER {
+        let Ok(ip) = Ipv4Packet::new_checked(pkt) else {
+            return Class::Other;
+        };
+        if ip.total_len() != pkt.len() {
             return Class::Other;
         }
-        let ihl = usize::from(pkt[0] & 0x0f) * 4;
-        if ihl < IPV4_MIN_HEADER || ihl > pkt.len() || usize::from(be16(pkt, 2)) != pkt.len() {
-            return Class::Other;
-        }
-        if be16(pkt, 6) & 0x1fff != 0 {
+        if ip.frag_offset() != 0 {
             return Class::Other; // a non-first fragment: no ports
         }
-        let mergeable = ihl == IPV4_MIN_HEADER
-            && be16(pkt, 6) & 0x2000 == 0
+        let ihl = ip.header_len();
+        let mergeable = ihl == ipv4::HEADER_LEN
+            && !ip.more_frags()
             && checksum::fold(checksum::sum(&pkt[..ihl], 0)) == 0xffff;
-        (ihl, pkt[9], mergeable)
+        (ihl, ip.protocol(), mergeable)
     };
     let tcp = match proto {
-        PROTO_TCP => true,
-        PROTO_UDP if udp_gro => false,
+        protocol::TCP => true,
+        protocol::UDP if udp_gro => false,
         _ => return Class::Other,
     };
+    // l4_off is within the packet: the length field matched.
+    let l4 = &pkt[l4_off..];
     let l4_header = if tcp {
-        if l4_off + 20 > pkt.len() {
-            return Class::Other;
+        match TcpHeader::new_checked(l4) {
+            Ok(h) => h.header_len(),
+            Err(_) => return Class::Other,
         }
-        let thl = usize::from(pkt[l4_off + 12] >> 4) * 4;
-        if thl < 20 {
-            return Class::Other;
-        }
-        thl
-    } else {
-        8
-    };
-    if l4_off + l4_header > pkt.len() {
+    } else if l4.len() < udp::HEADER_LEN {
         return Class::Other;
-    }
+    } else {
+        udp::HEADER_LEN
+    };
     let key = FlowKey::new(pkt, v6, proto, l4_off);
     let payload = pkt.len() - l4_off - l4_header;
+    let (seq, flags) = if tcp {
+        let h = TcpHeader::new_unchecked(l4);
+        (h.seq_number(), h.flags())
+    } else {
+        (0, 0)
+    };
     let mergeable = ip_mergeable
         && payload > 0
         && if tcp {
-            let flags = pkt[l4_off + 13];
-            flags & TCP_ACK != 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) == 0
+            flags & tcp::ACK != 0 && flags & (tcp::SYN | tcp::FIN | tcp::RST | tcp::URG) == 0
         } else {
             // The UDP length must describe the datagram, and a zero (absent) checksum
             // cannot be verified.
-            usize::from(be16(pkt, l4_off + 4)) == pkt.len() - l4_off && be16(pkt, l4_off + 6) != 0
+            let h = UdpHeader::new_unchecked(l4);
+            h.length() == l4.len() && h.checksum() != 0
         };
     if !mergeable {
         return Class::Barrier(key);
@@ -418,8 +425,8 @@ fn classify(pkt: &[u8], udp_gro: bool) -> Class {
             l4_off,
             hdr_len: l4_off + l4_header,
             payload,
-            seq: if tcp { be32(pkt, l4_off + 4) } else { 0 },
-            flags: if tcp { pkt[l4_off + 13] } else { 0 },
+            seq,
+            flags,
         },
     )
 }
@@ -448,43 +455,52 @@ fn write_group<P: AsRef<[u8]>>(g: &Group, packets: &[P], next: &[u32], dst: &mut
     debug_assert_eq!(pos, pkt_out.len());
 
     let total = pkt_out.len();
-    if g.v6 {
-        put_be16(pkt_out, 4, (total - IPV6_HEADER) as u16);
-    } else {
-        put_be16(pkt_out, 2, total as u16);
-        let c = checksum::ipv4_header(&pkt_out[..l4]);
-        put_be16(pkt_out, 10, c);
-    }
     let l4_len = total - l4;
-    let (gso_type, proto, csum_offset) = match g.kind {
+    // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum; the kernel adds
+    // the L4 header and payload (TUN_F_CSUM).
+    let proto = if g.kind == Kind::Tcp {
+        protocol::TCP
+    } else {
+        protocol::UDP
+    };
+    let partial = fold(pseudo_header(pkt_out, g.v6, proto, l4_len));
+    let (ip_header, l4_bytes) = pkt_out.split_at_mut(l4);
+    if g.v6 {
+        Ipv6Packet::new_unchecked(ip_header).set_payload_len((total - ipv6::HEADER_LEN) as u16);
+    } else {
+        Ipv4Packet::new_unchecked(&mut *ip_header).set_total_len(total as u16);
+        let c = checksum::ipv4_header(ip_header);
+        Ipv4Packet::new_unchecked(ip_header).set_checksum(c);
+    }
+    let (gso_type, csum_offset) = match g.kind {
         Kind::Tcp => {
+            let mut h = TcpHeader::new_unchecked(l4_bytes);
             if g.psh {
-                pkt_out[l4 + 13] |= TCP_PSH;
+                h.set_flags(h.flags() | tcp::PSH);
             }
-            let ecn = if pkt_out[l4 + 13] & TCP_CWR != 0 {
+            let ecn = if h.flags() & tcp::CWR != 0 {
                 GSO_ECN
             } else {
                 0
             };
+            h.set_checksum(partial);
             let t = if g.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-            (t | ecn, PROTO_TCP, 16u16)
+            (t | ecn, tcp::CHECKSUM_OFFSET)
         }
         _ => {
-            put_be16(pkt_out, l4 + 4, l4_len as u16);
-            (GSO_UDP_L4, PROTO_UDP, 6u16)
+            let mut h = UdpHeader::new_unchecked(l4_bytes);
+            h.set_len(l4_len as u16);
+            h.set_checksum(partial);
+            (GSO_UDP_L4, udp::CHECKSUM_OFFSET)
         }
     };
-    // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum; the kernel adds
-    // the L4 header and payload (TUN_F_CSUM).
-    let partial = fold(pseudo_header(pkt_out, g.v6, proto, l4_len));
-    put_be16(pkt_out, l4 + usize::from(csum_offset), partial);
     let vnet = VirtioNetHdr {
         flags: F_NEEDS_CSUM,
         gso_type,
         hdr_len: g.hdr_len,
         gso_size: g.gso_size,
         csum_start: g.l4_off,
-        csum_offset,
+        csum_offset: csum_offset as u16,
     };
     hdr_bytes.copy_from_slice(&vnet.to_bytes());
 }
@@ -502,18 +518,21 @@ impl FlowKey {
     fn new(pkt: &[u8], v6: bool, proto: u8, l4_off: usize) -> Self {
         let mut addrs = [0u8; 32];
         if v6 {
-            addrs.copy_from_slice(&pkt[8..40]);
+            let ip = Ipv6Packet::new_unchecked(pkt);
+            addrs[..16].copy_from_slice(&ip.src_addr_bytes());
+            addrs[16..].copy_from_slice(&ip.dst_addr_bytes());
         } else {
-            addrs[..8].copy_from_slice(&pkt[12..20]);
+            let ip = Ipv4Packet::new_unchecked(pkt);
+            addrs[..4].copy_from_slice(&ip.src_addr_bytes());
+            addrs[4..8].copy_from_slice(&ip.dst_addr_bytes());
         }
+        // TCP's and UDP's ports are the header's first four bytes.
+        let l4 = UdpHeader::new_unchecked(&pkt[l4_off..]);
+        let [s0, s1] = l4.src_port().to_be_bytes();
+        let [d0, d1] = l4.dst_port().to_be_bytes();
         FlowKey {
             addrs,
-            ports: [
-                pkt[l4_off],
-                pkt[l4_off + 1],
-                pkt[l4_off + 2],
-                pkt[l4_off + 3],
-            ],
+            ports: [s0, s1, d0, d1],
             proto,
             v6,
         }

@@ -45,7 +45,6 @@
 
 pub mod checksum;
 mod coalesce;
-mod ip;
 #[cfg(test)]
 mod kernel_tests;
 #[cfg(test)]

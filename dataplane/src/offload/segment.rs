@@ -11,16 +11,37 @@
 //! * a complete L4 checksum over the pseudo-header, header and payload.
 
 use super::checksum::{self, finish, pseudo_header};
-use super::ip::{be16, be32, parse_l3, put_be16, put_be32, PROTO_TCP, PROTO_UDP};
 use super::virtio::{GsoKind, VirtioNetHdr, VNET_HDR_LEN};
 use super::OffloadError;
+use ringscale_wire::ip::{
+    self, ipv6, protocol, Fragment, Ipv4Packet, Ipv6Extensions, Ipv6Packet, Transport,
+};
+use ringscale_wire::tcp::{self, TcpHeader};
+use ringscale_wire::udp::{self, UdpHeader};
 
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
-const TCP_CSUM_OFFSET: usize = 16;
-const UDP_CSUM_OFFSET: usize = 6;
-const UDP_HEADER: usize = 8;
+/// Finds the transport header of a whole, unfragmented packet whose length field
+/// matches `packet.len()`. IPv6 hop-by-hop and destination options are stepped over; a
+/// routing header (the pseudo-header would need the final destination) and fragments
+/// are refused.
+#[inline]
+pub(crate) fn whole_packet_transport(packet: &[u8]) -> Result<Transport, OffloadError> {
+    let t = ip::transport(packet, Ipv6Extensions::Options).map_err(|e| match e {
+        ip::Error::OverlappingFragment => OffloadError::Unsupported("IP fragment"),
+        e => OffloadError::Malformed(e.as_str()),
+    })?;
+    if t.end != packet.len() {
+        return Err(OffloadError::Malformed(
+            "IP length field differs from the packet length",
+        ));
+    }
+    if t.fragment != Fragment::Whole {
+        return Err(OffloadError::Unsupported("IP fragment"));
+    }
+    if t.v6 && t.protocol == protocol::IPV6_ROUTING {
+        return Err(OffloadError::Unsupported("IPv6 routing header"));
+    }
+    Ok(t)
+}
 
 /// A validated super-packet (or plain packet) from the TUN, ready to be cut into
 /// segments. Borrowing the packet, it holds no buffers of its own; each segment is
@@ -91,7 +112,7 @@ impl<'a> Segmenter<'a> {
             });
         }
 
-        let l3 = parse_l3(packet)?;
+        let l3 = whole_packet_transport(packet)?;
         let version_ok = match kind {
             GsoKind::TcpV4 => !l3.v6,
             GsoKind::TcpV6 => l3.v6,
@@ -104,33 +125,32 @@ impl<'a> Segmenter<'a> {
         }
         let tcp = kind != GsoKind::UdpL4;
         let (proto, want_csum_offset) = if tcp {
-            (PROTO_TCP, TCP_CSUM_OFFSET)
+            (protocol::TCP, tcp::CHECKSUM_OFFSET)
         } else {
-            (PROTO_UDP, UDP_CSUM_OFFSET)
+            (protocol::UDP, udp::CHECKSUM_OFFSET)
         };
-        if l3.proto != proto {
+        if l3.protocol != proto {
             return Err(OffloadError::Malformed(
                 "gso_type does not match the transport protocol",
             ));
         }
-        if hdr.needs_csum() && (csum_start != l3.l4_off || csum_offset != want_csum_offset) {
+        if hdr.needs_csum() && (csum_start != l3.offset || csum_offset != want_csum_offset) {
             return Err(OffloadError::Malformed(
                 "csum_start/csum_offset do not point at the L4 checksum",
             ));
         }
         let l4_header = if tcp {
-            if l3.l4_off + 20 > packet.len() {
-                return Err(OffloadError::Malformed("truncated TCP header"));
-            }
-            let thl = usize::from(packet[l3.l4_off + 12] >> 4) * 4;
-            if thl < 20 {
-                return Err(OffloadError::Malformed("TCP data offset below 5"));
-            }
-            thl
+            // l3.offset is within the packet: its length field matched.
+            TcpHeader::new_checked(&packet[l3.offset..])
+                .map_err(|e| match e {
+                    ip::Error::Truncated => OffloadError::Malformed("truncated TCP header"),
+                    _ => OffloadError::Malformed("TCP data offset"),
+                })?
+                .header_len()
         } else {
-            UDP_HEADER
+            udp::HEADER_LEN
         };
-        let hdr_len = l3.l4_off + l4_header;
+        let hdr_len = l3.offset + l4_header;
         if hdr_len > packet.len() {
             return Err(OffloadError::Malformed(
                 "transport header is beyond the packet",
@@ -146,7 +166,7 @@ impl<'a> Segmenter<'a> {
             plan: Plan::Split(Split {
                 v6: l3.v6,
                 tcp,
-                l4_off: l3.l4_off,
+                l4_off: l3.offset,
                 hdr_len,
                 gso_size,
                 count: payload.div_ceil(gso_size).max(1),
@@ -253,37 +273,43 @@ impl Split {
         out[..h].copy_from_slice(&packet[..h]);
         out[h..].copy_from_slice(&packet[start..start + (seg_len - h)]);
 
+        let (ip_header, l4_bytes) = out.split_at_mut(l4);
         if self.v6 {
-            put_be16(out, 4, (seg_len - 40) as u16);
+            Ipv6Packet::new_unchecked(ip_header)
+                .set_payload_len((seg_len - ipv6::HEADER_LEN) as u16);
         } else {
-            put_be16(out, 2, seg_len as u16);
-            put_be16(out, 4, be16(packet, 4).wrapping_add(i as u16));
-            let c = checksum::ipv4_header(&out[..l4]);
-            put_be16(out, 10, c);
+            let ident = Ipv4Packet::new_unchecked(packet).ident();
+            let mut ip = Ipv4Packet::new_unchecked(&mut *ip_header);
+            ip.set_total_len(seg_len as u16);
+            ip.set_ident(ident.wrapping_add(i as u16));
+            let c = checksum::ipv4_header(ip_header);
+            Ipv4Packet::new_unchecked(ip_header).set_checksum(c);
         }
 
-        let l4_len = seg_len - l4;
-        let csum_at = if self.tcp {
-            let seq = be32(packet, l4 + 4).wrapping_add((i * self.gso_size) as u32);
-            put_be32(out, l4 + 4, seq);
-            let mut flags = out[l4 + 13];
+        let l4_len = l4_bytes.len();
+        let (proto, csum_at) = if self.tcp {
+            let seq = TcpHeader::new_unchecked(&packet[l4..]).seq_number();
+            let mut tcp = TcpHeader::new_unchecked(&mut *l4_bytes);
+            tcp.set_seq_number(seq.wrapping_add((i * self.gso_size) as u32));
+            let mut flags = tcp.flags();
             if i + 1 < self.count {
-                flags &= !(TCP_FIN | TCP_PSH);
+                flags &= !(tcp::FIN | tcp::PSH);
             }
             if i > 0 {
-                flags &= !TCP_CWR;
+                flags &= !tcp::CWR;
             }
-            out[l4 + 13] = flags;
-            l4 + TCP_CSUM_OFFSET
+            tcp.set_flags(flags);
+            tcp.set_checksum(0);
+            (protocol::TCP, tcp::CHECKSUM_OFFSET)
         } else {
-            put_be16(out, l4 + 4, l4_len as u16);
-            l4 + UDP_CSUM_OFFSET
+            let mut udp = UdpHeader::new_unchecked(&mut *l4_bytes);
+            udp.set_len(l4_len as u16);
+            udp.set_checksum(0);
+            (protocol::UDP, udp::CHECKSUM_OFFSET)
         };
-        put_be16(out, csum_at, 0);
-        let proto = if self.tcp { PROTO_TCP } else { PROTO_UDP };
-        let s = checksum::sum(&out[l4..], pseudo_header(packet, self.v6, proto, l4_len));
+        let s = checksum::sum(l4_bytes, pseudo_header(packet, self.v6, proto, l4_len));
         // A computed UDP checksum of zero is sent as all ones (zero means "none").
-        put_be16(out, csum_at, nonzero(finish(s)));
+        l4_bytes[csum_at..csum_at + 2].copy_from_slice(&nonzero(finish(s)).to_be_bytes());
     }
 }
 
@@ -302,7 +328,7 @@ fn nonzero(c: u16) -> u16 {
 /// kernel's `skb_checksum_help` does.
 fn store_completed_checksum(pkt: &mut [u8], start: usize, at: usize) {
     let c = nonzero(finish(checksum::sum(&pkt[start..], 0)));
-    put_be16(pkt, at, c);
+    pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// In-place version of the `gso_type` NONE case: completes the checksum of `packet` if
@@ -645,6 +671,104 @@ mod tests {
                 for i in 0..seg.segment_count().min(8) {
                     let n = seg.write_segment(i, &mut out).unwrap();
                     assert_eq!(n, seg.segment_len(i));
+                }
+            }
+        }
+    }
+
+    /// (v6, transport offset, protocol) of a whole packet.
+    fn l3(pkt: &[u8]) -> Result<(bool, usize, u8), OffloadError> {
+        whole_packet_transport(pkt).map(|t| (t.v6, t.offset, t.protocol))
+    }
+
+    #[test]
+    fn finds_transport_header() {
+        let p4 = tcp_packet(&IpSpec::v4(), &TcpSpec::new(1), b"abc");
+        assert_eq!(l3(&p4).unwrap(), (false, 20, 6));
+        let mut ip = IpSpec::v4();
+        ip.options = vec![1, 1, 1, 0];
+        let p4o = udp_packet(&ip, 1, 2, b"x");
+        assert_eq!(l3(&p4o).unwrap(), (false, 24, 17));
+        let p6 = udp_packet(&IpSpec::v6(), 1, 2, b"xyz");
+        assert_eq!(l3(&p6).unwrap(), (true, 40, 17));
+    }
+
+    #[test]
+    fn steps_over_ipv6_options_headers() {
+        let p6 = udp_packet(&IpSpec::v6(), 1, 2, b"xyz");
+        // Insert an 8-byte hop-by-hop header (PadN) between the fixed header and UDP.
+        let mut q = p6[..40].to_vec();
+        q[6] = 0;
+        q.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        q.extend_from_slice(&p6[40..]);
+        let plen = (q.len() - 40) as u16;
+        q[4..6].copy_from_slice(&plen.to_be_bytes());
+        assert_eq!(l3(&q).unwrap(), (true, 48, 17));
+        q[40] = 43; // hop-by-hop followed by routing header
+        assert!(matches!(l3(&q), Err(OffloadError::Unsupported(_))));
+        // Hop-by-hop followed by a fragment header (first of several).
+        let mut f = q[..48].to_vec();
+        f[40] = 44;
+        f.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
+        f.extend_from_slice(&q[48..]);
+        let plen = (f.len() - 40) as u16;
+        f[4..6].copy_from_slice(&plen.to_be_bytes());
+        assert!(matches!(l3(&f), Err(OffloadError::Unsupported(_))));
+        q[40] = 60; // destination options claiming to run past the end
+        q[49] = 200;
+        q[48] = 60;
+        assert!(matches!(l3(&q), Err(OffloadError::Malformed(_))));
+    }
+
+    #[test]
+    fn rejects_inconsistent_headers() {
+        let p4 = tcp_packet(&IpSpec::v4(), &TcpSpec::new(1), b"abc");
+        assert!(
+            l3(&p4[..p4.len() - 1]).is_err(),
+            "total length beyond packet"
+        );
+        let mut padded = p4.clone();
+        padded.push(0);
+        assert!(l3(&padded).is_err(), "total length short of the packet");
+        let mut bad = p4.clone();
+        bad[0] = 0x44;
+        assert!(l3(&bad).is_err(), "IHL below 5");
+        bad[0] = 0x4f;
+        assert!(l3(&bad).is_err(), "IHL beyond packet");
+        let mut frag = p4.clone();
+        frag[6] = 0x20; // MF
+        assert!(matches!(l3(&frag), Err(OffloadError::Unsupported(_))));
+        frag[6] = 0;
+        frag[7] = 1; // offset 8
+        assert!(matches!(l3(&frag), Err(OffloadError::Unsupported(_))));
+        frag[7] = 100; // offset 800
+        assert!(matches!(l3(&frag), Err(OffloadError::Unsupported(_))));
+        let mut v5 = p4.clone();
+        v5[0] = 0x55;
+        assert!(l3(&v5).is_err());
+        assert!(l3(&[]).is_err());
+        assert!(l3(&p4[..19]).is_err());
+        let p6 = udp_packet(&IpSpec::v6(), 1, 2, b"xyz");
+        assert!(l3(&p6[..39]).is_err());
+        let mut p6f = p6.clone();
+        p6f[6] = 44;
+        assert!(l3(&p6f).is_err());
+    }
+
+    /// Every cut of a super-packet is refused (never a panic), whatever the header says.
+    #[test]
+    fn every_truncated_read_is_refused() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        for ip in [IpSpec::v4(), IpSpec::v6()] {
+            let tso = tso_read(&ip, &TcpSpec::new(1), &payload, 1000, false);
+            let uso = uso_read(&ip, 1, 2, &payload, 1000);
+            for read in [tso, uso] {
+                assert!(Segmenter::from_tun_read(&read).is_ok());
+                for cut in 0..read.len() {
+                    assert!(
+                        Segmenter::from_tun_read(&read[..cut]).is_err(),
+                        "cut at {cut}"
+                    );
                 }
             }
         }
