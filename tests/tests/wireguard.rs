@@ -9,6 +9,8 @@
 //! wireguard-go in ringscale's place to check the test bed itself:
 //! `cargo test -p ringscale-tests --test wireguard -- --ignored`.
 
+#![forbid(unsafe_code)]
+
 use ringscale_tests::testbed::{self, Netns, Proc, TempDir, TestRng};
 use ringscale_tests::wgpeer::{addr::*, Impl, NodeConf, Pair, WgNode};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
