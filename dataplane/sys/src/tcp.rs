@@ -1,4 +1,5 @@
-//! Outgoing TCP connections that must carry a socket mark from their first packet.
+//! Outgoing TCP connections that must carry a socket mark from their first packet, and
+//! listeners on addresses that may not be usable yet.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,13 +23,7 @@ pub fn connect_timeout(addr: SocketAddr, timeout: Duration, bypass: bool) -> io:
     }
     let raw = RawAddr::from(addr);
     // SAFETY: `raw` holds a sockaddr of `raw.len` bytes for this family.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            (&raw.storage as *const libc::sockaddr_storage).cast(),
-            raw.len,
-        )
-    };
+    let r = unsafe { libc::connect(fd, raw.as_ptr(), raw.len) };
     if r != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -74,15 +69,7 @@ pub fn listen_freebind(addr: SocketAddr) -> io::Result<TcpListener> {
         crate::set_int_option(&listener, level, name, 1)?;
     }
     let fd = listener.as_raw_fd();
-    let raw = RawAddr::from(addr);
-    // SAFETY: `raw` holds a sockaddr of `raw.len` bytes for this family.
-    crate::cvt(unsafe {
-        libc::bind(
-            fd,
-            (&raw.storage as *const libc::sockaddr_storage).cast(),
-            raw.len,
-        )
-    })?;
+    crate::udp::bind_std(fd, addr)?;
     // SAFETY: listen(2) on our own socket.
     crate::cvt(unsafe { libc::listen(fd, 64) })?;
     Ok(listener)

@@ -60,17 +60,11 @@ fn bind_family(family: i32, port: u16) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn bind_std(fd: i32, addr: SocketAddr) -> io::Result<()> {
+/// bind(2) of socket `fd` to `addr`.
+pub(crate) fn bind_std(fd: i32, addr: SocketAddr) -> io::Result<()> {
     let raw = RawAddr::from(addr);
     // SAFETY: `raw` holds a sockaddr of `raw.len` bytes for this family.
-    cvt(unsafe {
-        libc::bind(
-            fd,
-            (&raw.storage as *const libc::sockaddr_storage).cast(),
-            raw.len,
-        )
-    })
-    .map(drop)
+    cvt(unsafe { libc::bind(fd, raw.as_ptr(), raw.len) }).map(drop)
 }
 
 /// The address as peers know it: v4-mapped IPv6 addresses become plain IPv4.
@@ -185,6 +179,11 @@ impl RawAddr {
             storage,
             len: len as libc::socklen_t,
         }
+    }
+
+    /// The address for calls that read a `*const sockaddr` of `len` bytes.
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
     }
 
     pub fn to_socket_addr(&self) -> Option<SocketAddr> {
