@@ -23,22 +23,11 @@ static REGISTRY: Mutex<Vec<Resource>> = Mutex::new(Vec::new());
 /// The autogroup niceness found at start, restored by `remove_all`.
 static AUTOGROUP_NICE: Mutex<Option<i32>> = Mutex::new(None);
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// Installs the signal handlers and the panic hook. Call once, first thing.
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic,
-        // which is async-signal-safe.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESETHAND;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    if let Err(e) = ringscale_sys::signal::raise_flag_on(&signals, &INTERRUPTED) {
+        eprintln!("bench: installing signal handlers: {e}");
     }
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -130,8 +119,8 @@ pub fn remove_netns(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
-                // SAFETY: kill(2) on a PID that lives in a namespace this run created.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // A PID that lives in a namespace this run created.
+                let _ = ringscale_sys::process::kill(pid, libc::SIGKILL);
             }
         }
     }

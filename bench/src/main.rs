@@ -10,6 +10,8 @@
 //! spreads other load on the machine over all cases instead of biasing whichever ran
 //! during a busy minute.
 
+#![forbid(unsafe_code)]
+
 mod bed;
 mod cases;
 mod cleanup;
@@ -214,8 +216,7 @@ fn binary_name(t: &Tunnel) -> Option<&'static str> {
 
 /// Returns Ok(true) when every planned case produced numbers.
 fn bench(opts: &Options) -> Result<bool, String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if ringscale_sys::cred::euid() != 0 {
         return Err("needs root (network namespaces, TUN devices)".into());
     }
     let started = SystemTime::now()

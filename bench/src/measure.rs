@@ -11,13 +11,7 @@ use ringscale_tests::testbed::Netns;
 use crate::bed::Bed;
 
 pub fn clock_ticks_per_s() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+    ringscale_sys::process::clock_ticks_per_second().map_or(100.0, |t| t as f64)
 }
 
 /// utime + stime of a process (all its threads, living and dead), in clock ticks.

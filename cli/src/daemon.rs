@@ -285,10 +285,10 @@ fn cleanup_dns(flags: &goflag::Parsed) {
 
 /// Blocks the termination signals before any thread starts, so that every thread
 /// inherits the mask and only [`wait_for`] sees them.
-fn block_termination_signals() -> libc::sigset_t {
+fn block_termination_signals() -> ringscale_sys::signal::SignalSet {
     let signals = termination_signals();
-    // SAFETY: `signals` is an initialised sigset_t.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    // Fails only for an invalid `how` argument, which block() does not pass.
+    let _ = signals.block();
     signals
 }
 
@@ -308,21 +308,10 @@ fn load_wg_config(path: &str) -> Result<ringscale_dataplane::Config, String> {
     wgconfig::parse(&text).map_err(|e| format!("{path}: {e}"))
 }
 
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
+fn termination_signals() -> ringscale_sys::signal::SignalSet {
+    ringscale_sys::signal::SignalSet::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
 }
 
-fn wait_for(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: `set` is initialised and blocked in this thread; `sig` receives the number.
-    while unsafe { libc::sigwait(set, &mut sig) } != 0 {}
-    sig
+fn wait_for(set: &ringscale_sys::signal::SignalSet) -> i32 {
+    set.wait()
 }

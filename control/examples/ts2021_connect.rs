@@ -3,6 +3,8 @@
 //!
 //!     cargo run -p ringscale-control --example ts2021_connect -- http://127.0.0.1:8080 /machine/register '{}'
 
+#![forbid(unsafe_code)]
+
 use ringscale_control::noise::generate_private_key;
 use ringscale_control::ts2021::connect;
 

@@ -5,6 +5,8 @@
 //!
 //!     cargo run -p ringscale-control --example ts2021_server -- 10.99.0.1:8080
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use ringscale_control::noise::generate_private_key;

@@ -4,6 +4,8 @@
 //! that drives them lives at the edges. The wire types are ringscale-tailcfg's,
 //! re-exported as [`tailcfg`].
 
+#![forbid(unsafe_code)]
+
 pub mod bypass;
 pub mod client;
 pub mod dnsmap;

@@ -191,8 +191,7 @@ pub fn default_state_file() -> Option<PathBuf> {
         }
         try_path = try_path.parent()?.to_path_buf();
     }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    if unsafe { libc::getuid() } == 0 {
+    if ringscale_sys::cred::uid() == 0 {
         return None;
     }
     let data_home = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
@@ -203,12 +202,7 @@ pub fn default_state_file() -> Option<PathBuf> {
 }
 
 fn access_rw(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
+    ringscale_sys::cred::can_read_write(p)
 }
 
 // ---------------------------------------------------------------------------------------

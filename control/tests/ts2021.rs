@@ -2,6 +2,8 @@
 //! upgrade, the Noise handshake, the early payload, HTTP/2 requests with bodies and
 //! streamed responses — and a server that survives clients sending garbage.
 
+#![forbid(unsafe_code)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

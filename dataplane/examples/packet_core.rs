@@ -8,6 +8,8 @@
 //!
 //! `cargo run --release -p ringscale-dataplane --example packet_core [megabytes]`
 
+#![forbid(unsafe_code)]
+
 use ringscale_dataplane::config::{Config, PeerConfig};
 use ringscale_dataplane::offload::{checksum, VirtioNetHdr, VNET_HDR_LEN};
 use ringscale_dataplane::wireguard::{Emit, PeerTable};
@@ -21,13 +23,7 @@ const MSS: u16 = 1228; // MTU 1280 less IPv4 and TCP headers with timestamps
 const PAYLOAD: usize = 62_000;
 
 fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    ringscale_sys::process::thread_cpu_time().as_secs_f64()
 }
 
 fn config(private: u8, peer: u8, peer_ip: &str, endpoint: SocketAddr) -> Config {

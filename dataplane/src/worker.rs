@@ -1587,12 +1587,7 @@ mod tests {
 
     fn tun_queue_check() {
         use std::process::Command;
-        // SAFETY: unshare only changes this thread's namespaces.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "unshare(CLONE_NEWNET) needs root"
-        );
+        ringscale_sys::netns::unshare_net().expect("unshare(CLONE_NEWNET) needs root");
         let sh = |cmd: &str| {
             let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
             assert!(st.success(), "{cmd}");

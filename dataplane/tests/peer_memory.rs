@@ -3,43 +3,17 @@
 //! allocator, in this test binary only, measures the heap a real `PeerTable` holds;
 //! nothing is mocked. WireGuard state made up front was about 11 KB per peer.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use ringscale_dataplane::wireguard::{Emit, PeerTable, MIN_OUT_BUF};
 use ringscale_dataplane::{Config, Key, PeerConfig};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call goes to the system allocator unchanged; only sizes are counted.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        System.realloc(ptr, layout, new_size)
-    }
-}
+use ringscale_sys::alloc::CountingAlloc;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAlloc = CountingAlloc::new();
 
 const PEERS: usize = 1000;
 /// Heap per peer a table may hold for peers never used: its entry, its AllowedIPs and
@@ -84,7 +58,7 @@ fn packet_to(dst: Ipv4Addr) -> Vec<u8> {
 }
 
 fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
+    ALLOCATOR.live()
 }
 
 #[test]

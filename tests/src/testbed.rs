@@ -129,8 +129,8 @@ impl Drop for Netns {
         {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill(2) on a PID that lives in our own namespace.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    // A PID that lives in our own namespace.
+                    let _ = ringscale_sys::process::kill(pid, libc::SIGKILL);
                 }
             }
         }
@@ -216,8 +216,7 @@ impl Proc {
 
     /// Sends a signal (e.g. SIGTERM) without waiting.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let _ = ringscale_sys::process::kill(self.child.id() as i32, sig);
     }
 }
 
@@ -340,11 +339,8 @@ impl Netns {
 
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter_netns(path: &Path) {
-    use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
-    // SAFETY: setns(2) with a valid namespace fd; only this thread changes namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path:?}: {}", std::io::Error::last_os_error());
+    ringscale_sys::netns::enter_net(&f).unwrap_or_else(|e| panic!("setns {path:?}: {e}"));
 }
 
 impl Proc {
@@ -562,51 +558,21 @@ impl UdpCapture {
         let stop2 = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = ns.thread(move || {
-            // SAFETY: plain socket(2); the fd is closed below.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_DGRAM,
-                    (libc::ETH_P_IP as u16).to_be() as i32,
-                )
-            };
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            // SAFETY: setsockopt with a correctly sized timeval.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    &tv as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
+            let capture = ringscale_sys::packet::Ipv4Capture::open(Duration::from_millis(100))
+                .unwrap_or_else(|e| panic!("AF_PACKET socket: {e}"));
             let _ = ready_tx.send(());
             let mut out = Vec::new();
             let mut buf = vec![0u8; 65536];
             while !stop2.load(Ordering::Relaxed) && out.len() < limit {
-                // SAFETY: recv into our own buffer of the given length.
-                let n =
-                    unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-                if n <= 0 {
+                let Ok(n) = capture.recv(&mut buf) else {
                     continue;
-                }
-                if let Some(d) = parse_ipv4_udp(&buf[..n as usize]) {
+                };
+                if let Some(d) = parse_ipv4_udp(&buf[..n]) {
                     if d.dst.port() == dst_port {
                         out.push(d);
                     }
                 }
             }
-            // SAFETY: closing the fd we opened.
-            unsafe { libc::close(fd) };
             out
         });
         ready_rx
@@ -722,52 +688,7 @@ impl TestRng {
 /// container runtimes' default profiles do), inherited across the exec of `ip netns
 /// exec` and the program it runs.
 pub fn deny_io_uring(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the hook runs between fork and exec and only makes the prctl(2) calls,
-    // on data on its own stack.
-    unsafe { cmd.pre_exec(install_io_uring_filter) };
-}
-
-fn install_io_uring_filter() -> std::io::Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    const AUDIT_ARCH: u32 = 0xc000_003e;
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 0xc000_00b7;
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    const AUDIT_ARCH: u32 = 0;
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    const SECCOMP_MODE_FILTER: libc::c_ulong = 2;
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    let prog = [
-        op(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
-        op(JEQ_K, 1, 0, AUDIT_ARCH),
-        op(RET_K, 0, 0, RET_ALLOW),
-        op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
-        op(JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
-        op(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
-        op(RET_K, 0, 0, RET_ALLOW),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: prctl with the documented arguments; `fprog` and `prog` outlive the call.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || libc::prctl(
-                libc::PR_SET_SECCOMP,
-                SECCOMP_MODE_FILTER,
-                &fprog as *const libc::sock_fprog,
-            ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    ringscale_sys::seccomp::deny_io_uring(cmd);
 }
 
 // ---------------------------------------------------------------------------

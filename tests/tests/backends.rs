@@ -16,6 +16,8 @@
 //!
 //! Needs root. Nothing is mocked.
 
+#![forbid(unsafe_code)]
+
 use ringscale_tests::testbed::{self, Netns, Proc, TempDir, TestRng};
 use ringscale_tests::wgpeer::{addr::*, Impl, Launch, Pair, WgNode};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -300,72 +302,13 @@ fn udp_burst(
 }
 
 fn set_rcvbuf(sock: &UdpSocket, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt with an int of the stated size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&bytes as *const i32).cast(),
-            4,
-        );
-    }
+    let _ = ringscale_sys::set_int_option(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes);
 }
 
-/// One sendmsg of `data` split by the kernel into `segment`-byte datagrams.
+/// One sendmsg of `data` split by the kernel into `segment`-byte datagrams. A failed
+/// send is a lost burst, which the resend rounds cover.
 fn send_segmented(sock: &UdpSocket, to: SocketAddr, data: &[u8], segment: usize) {
-    use std::os::fd::AsRawFd;
-    let s = socket_addr(to);
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = &s.0 as *const libc::sockaddr_storage as *mut libc::c_void;
-    msg.msg_namelen = s.1;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if data.len() > segment {
-        msg.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: walking our own control buffer, larger than CMSG_SPACE(2).
-        unsafe {
-            msg.msg_controllen = libc::CMSG_SPACE(2) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_UDP;
-            (*c).cmsg_type = 103; // UDP_SEGMENT
-            (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, segment as u16);
-        }
-    }
-    // SAFETY: `msg` is fully initialised. A failed send is a lost burst, which the
-    // resend rounds cover.
-    unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
-}
-
-fn socket_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data, large and aligned enough for both kinds.
-    unsafe {
-        let mut st: libc::sockaddr_storage = std::mem::zeroed();
-        match a {
-            SocketAddr::V4(v4) => {
-                let sa = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in);
-                sa.sin_family = libc::AF_INET as u16;
-                sa.sin_port = v4.port().to_be();
-                sa.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-                (st, std::mem::size_of::<libc::sockaddr_in>() as u32)
-            }
-            SocketAddr::V6(v6) => {
-                let sa = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6);
-                sa.sin6_family = libc::AF_INET6 as u16;
-                sa.sin6_port = v6.port().to_be();
-                sa.sin6_addr.s6_addr = v6.ip().octets();
-                (st, std::mem::size_of::<libc::sockaddr_in6>() as u32)
-            }
-        }
-    }
+    let _ = ringscale_sys::udp::send_segmented(sock, to, data, segment as u16);
 }
 
 /// Every size up to the MTU's largest, and some that need IP fragmentation.

@@ -14,6 +14,8 @@
 //! daemons manage DNS (the default `--accept-dns`) only in their namespace's own
 //! resolv.conf (`Netns::new` makes one that `ip netns exec` bind-mounts).
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
@@ -913,17 +915,8 @@ fn as_nobody(socket: &Path, method: &str, path: &str, body: &str) -> RawResponse
         body.to_string(),
     );
     std::thread::spawn(move || {
-        let n = libc::c_long::from(NOBODY as i32);
-        // SAFETY: raw credential system calls that affect only this thread, which ends
-        // right after the request.
-        unsafe {
-            assert_eq!(
-                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
-                0
-            );
-            assert_eq!(libc::syscall(libc::SYS_setresgid, n, n, n), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresuid, n, n, n), 0);
-        }
+        ringscale_sys::cred::set_thread_credentials(NOBODY, NOBODY)
+            .expect("drop this thread to nobody");
         localapi_raw(&socket, &method, &path, &[], &body).expect("LocalAPI request as nobody")
     })
     .join()

@@ -4,6 +4,8 @@
 //!
 //! Every wait is bounded; the bounds are generous limits, not timings.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};

@@ -15,6 +15,8 @@
 //!
 //! Every wait is bounded; the bounds are generous limits, not timings.
 
+#![forbid(unsafe_code)]
+
 use ringscale_control::tailcfg::{DnsConfig, DnsRecord, Resolver};
 use ringscale_tests::control_server::{ControlServer, Options};
 use ringscale_tests::testbed::{self, link, Netns, NsResolvConf, Proc, TempDir};

@@ -15,6 +15,8 @@
 //! 192.0.2.44 for every name under `doh.test.`, which no other resolver knows. Every
 //! wait is bounded; the bounds are generous limits, not timings.
 
+#![forbid(unsafe_code)]
+
 use ringscale_control::tailcfg::{DnsConfig, Resolver};
 use ringscale_tests::node::{self, Daemon};
 use ringscale_tests::testbed::{self, Lan, NsResolvConf, Proc, TempDir};

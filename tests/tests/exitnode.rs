@@ -19,6 +19,8 @@
 //! Needs root, `nft`, `iperf3`. Every wait is bounded (generous limits for a loaded
 //! 2-core machine, not timings); processes are ended by PID.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

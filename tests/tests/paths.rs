@@ -12,6 +12,8 @@
 //! self-signed certificate (made with `openssl`) and the map marks it
 //! `InsecureForTests`.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

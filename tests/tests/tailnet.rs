@@ -19,6 +19,8 @@
 //! `garbage_clients_do_not_bring_the_server_down` in tests/control_server.rs; here a
 //! garbage client also hits the server while daemons are joined (first test).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;

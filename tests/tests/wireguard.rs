@@ -9,6 +9,8 @@
 //! to check the test bed itself (so that a failing ringscale test is not a test-bed bug):
 //! `cargo test -p ringscale-tests --test wireguard -- harness_`.
 
+#![forbid(unsafe_code)]
+
 use ringscale_tests::testbed::{self, Netns, Proc, TempDir, TestRng};
 use ringscale_tests::wgpeer::{addr::*, Impl, NodeConf, Pair, WgNode};
 use std::net::{IpAddr, SocketAddr, UdpSocket};

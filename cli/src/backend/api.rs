@@ -244,8 +244,7 @@ impl Backend for Arc<LocalBackend> {
     fn shutdown(&self) {
         log::info!("shutdown requested over the LocalAPI");
         // The main thread waits for SIGTERM and shuts down in order.
-        // SAFETY: kill(2) on our own process.
-        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        let _ = ringscale_sys::process::kill(std::process::id() as i32, libc::SIGTERM);
     }
 }
 
@@ -271,23 +270,11 @@ fn check_exit_node(b: &LocalBackend, prefs: &Prefs) -> Result<(), BackendError> 
 /// One ICMP echo through the tunnel; returns the round-trip time. Uses a ping socket
 /// where `net.ipv4.ping_group_range` allows it, else a raw socket (the daemon is root).
 fn icmp_echo(ip: IpAddr, timeout: Duration) -> std::io::Result<Duration> {
-    use std::os::fd::{FromRawFd, OwnedFd};
     let (family, proto, echo_type, reply_type) = match ip {
         IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
         IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8, 129u8),
     };
-    let open = |kind| {
-        // SAFETY: plain socket(2), checked before use and owned below.
-        let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, proto) };
-        if fd < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            // SAFETY: a fresh descriptor owned by nobody else.
-            Ok(std::net::UdpSocket::from(unsafe {
-                OwnedFd::from_raw_fd(fd)
-            }))
-        }
-    };
+    let open = |kind| ringscale_sys::socket(family, kind, proto).map(std::net::UdpSocket::from);
     let (sock, raw) = match open(libc::SOCK_DGRAM) {
         Ok(s) => (s, false),
         Err(_) => (open(libc::SOCK_RAW)?, true),

@@ -17,7 +17,6 @@ use ringscale_control::tailcfg::Service;
 use ringscale_dns::{forward, is_quad100, wire, ResolverConfig, Upstream};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -364,62 +363,7 @@ pub fn peerapi_port(ip: IpAddr, attempt: u8) -> u16 {
 /// A listening TCP socket on `addr` with IP_FREEBIND, so it can bind a tailnet address
 /// that is not (yet) usable, as IPv6 addresses are during duplicate address detection.
 fn listen_freebind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let (level, opt) = match addr {
-        SocketAddr::V4(_) => (libc::SOL_IP, libc::IP_FREEBIND),
-        SocketAddr::V6(_) => (libc::SOL_IPV6, libc::IPV6_FREEBIND),
-    };
-    let listener = std::net::TcpListener::from(ringscale_sys::tcp_socket_for(&addr)?);
-    let fd = listener.as_raw_fd();
-    let one: libc::c_int = 1;
-    for (lvl, o) in [(level, opt), (libc::SOL_SOCKET, libc::SO_REUSEADDR)] {
-        // SAFETY: setsockopt with a c_int value of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                lvl,
-                o,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` holds a sockaddr of `len` bytes for this family.
-    if unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen(2) on our socket.
-    if unsafe { libc::listen(fd, 64) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(listener)
-}
-
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; zero is a valid start.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
+    ringscale_sys::tcp::listen_freebind(addr)
 }
 
 /// The PeerAPI listeners for the current addresses.

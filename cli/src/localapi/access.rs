@@ -5,8 +5,6 @@
 //! The caller's uid comes from SO_PEERCRED; a connection without credentials is
 //! read-only.
 
-use std::ffi::CString;
-
 /// What one connection may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Permissions {
@@ -34,40 +32,12 @@ pub fn permissions(
 /// The uid of user `name` from the password database (Go's `LookupByUsername`); None
 /// if there is no such user. Numeric strings are names too, as in Go.
 pub fn uid_of_user(name: &str) -> Option<u32> {
-    if name.is_empty() {
-        return None;
-    }
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: passwd is plain old data; getpwnam_r fills it and points its string
-        // fields into `buf`, which outlives every use of `pwd` below.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        return Some(pwd.pw_uid);
-    }
+    ringscale_sys::cred::uid_of_user(name)
 }
 
 /// Our own effective uid.
 pub fn daemon_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    ringscale_sys::cred::euid()
 }
 
 #[cfg(test)]

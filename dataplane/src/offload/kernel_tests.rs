@@ -18,53 +18,18 @@
 
 use super::testpkt::*;
 use super::{Coalescer, Segmenter, VirtioNetHdr, VNET_HDR_LEN};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use ringscale_sys::tun::{Tun, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const IFF_TUN: u16 = 0x0001;
-const IFF_NO_PI: u16 = 0x1000;
-const IFF_VNET_HDR: u16 = 0x4000;
-const TUN_F_ALL: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x20 | 0x40; // CSUM TSO4 TSO6 USO4 USO6
-
-fn open_tun(name: &str, vnet: bool) -> File {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .expect("/dev/net/tun");
-    let mut ifr = [0u8; 40];
-    ifr[..name.len()].copy_from_slice(name.as_bytes());
-    let flags = IFF_TUN | IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 };
-    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-    // SAFETY: ifr is a zeroed struct ifreq (40 bytes) that outlives the call.
-    assert_eq!(
-        unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) },
-        0,
-        "TUNSETIFF"
-    );
+fn open_tun(name: &str, vnet: bool) -> Tun {
+    let tun = Tun::open_with(name, false, vnet).expect("TUNSETIFF");
     if vnet {
-        // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        assert_eq!(
-            unsafe { libc::ioctl(f.as_raw_fd(), TUNSETOFFLOAD as _, TUN_F_ALL) },
-            0,
-            "TUNSETOFFLOAD"
-        );
+        tun.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6)
+            .expect("TUNSETOFFLOAD");
     }
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        assert_eq!(
-            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK),
-            0
-        );
-    }
-    f
+    tun
 }
 
 fn sh(cmd: &str) {
@@ -73,15 +38,19 @@ fn sh(cmd: &str) {
 }
 
 /// Packets read within `wait` (bounded) that `keep` accepts.
-fn read_for(f: &mut File, wait: Duration, keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+fn read_for(f: &Tun, wait: Duration, keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 70_000];
     let end = Instant::now() + wait;
     while Instant::now() < end {
+        if !f.readable_now().unwrap() {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
         match f.read(&mut buf) {
             Ok(n) if keep(&buf[..n]) => got.push(buf[..n].to_vec()),
             Ok(_) => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => panic!("TUN read: {e}"),
         }
     }
     got
@@ -136,14 +105,9 @@ fn coalesce_one(c: &mut Coalescer, pkts: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 #[ignore = "needs root: creates TUN devices in a private network namespace; tests/run.sh runs it"]
 fn kernel_agrees_with_segmentation_and_coalescing() {
-    // SAFETY: unshare only changes this thread's namespaces.
-    assert_eq!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        0,
-        "unshare(CLONE_NEWNET) needs root"
-    );
-    let mut t1 = open_tun("rsoff1", true);
-    let mut t2 = open_tun("rsoff2", false);
+    ringscale_sys::netns::unshare_net().expect("unshare(CLONE_NEWNET) needs root");
+    let t1 = open_tun("rsoff1", true);
+    let t2 = open_tun("rsoff2", false);
     sh("ip link set rsoff1 up && ip link set rsoff2 up \
         && ip addr add 10.201.0.1/24 dev rsoff1 && ip addr add 10.202.0.1/24 dev rsoff2 \
         && ip -6 addr add fd01::1/64 dev rsoff1 nodad && ip -6 addr add fd02::1/64 dev rsoff2 nodad \
@@ -165,8 +129,8 @@ fn kernel_agrees_with_segmentation_and_coalescing() {
         // Write path, TCP.
         let ip = spec(v6, src, dst);
         let segs = flow(&ip, 1000, &payload, gso);
-        t1.write_all(&coalesce_one(&mut c, &segs)).unwrap();
-        let got = read_for(&mut t2, Duration::from_millis(300), |p| dst_is(p, &ip.dst));
+        t1.write(&coalesce_one(&mut c, &segs)).unwrap();
+        let got = read_for(&t2, Duration::from_millis(300), |p| dst_is(p, &ip.dst));
         assert_eq!(
             got.len(),
             segs.len(),
@@ -192,8 +156,8 @@ fn kernel_agrees_with_segmentation_and_coalescing() {
                 )
             })
             .collect();
-        t1.write_all(&coalesce_one(&mut c, &dgrams)).unwrap();
-        let got = read_for(&mut t2, Duration::from_millis(300), |p| dst_is(p, &ip.dst));
+        t1.write(&coalesce_one(&mut c, &dgrams)).unwrap();
+        let got = read_for(&t2, Duration::from_millis(300), |p| dst_is(p, &ip.dst));
         assert_eq!(
             got.len(),
             dgrams.len(),
@@ -207,8 +171,8 @@ fn kernel_agrees_with_segmentation_and_coalescing() {
         // Read path: routed back out rsoff1, the super-packet comes to us as a GSO read.
         let ip = spec(v6, src, back_dst);
         let segs = flow(&ip, 5000, &payload, gso);
-        t1.write_all(&coalesce_one(&mut c, &segs)).unwrap();
-        let got = read_for(&mut t1, Duration::from_millis(300), |p| {
+        t1.write(&coalesce_one(&mut c, &segs)).unwrap();
+        let got = read_for(&t1, Duration::from_millis(300), |p| {
             p.len() > VNET_HDR_LEN && dst_is(&p[VNET_HDR_LEN..], &ip.dst)
         });
         assert_eq!(got.len(), 1);

@@ -1,9 +1,12 @@
-//! Outgoing TCP connections that must carry a socket mark from their first packet.
+//! Outgoing TCP connections that must carry a socket mark from their first packet, and
+//! listeners on addresses that may not be usable yet.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+use crate::udp::RawAddr;
 
 /// A blocking TCP connection to `addr` within `timeout`, with the bypass mark when
 /// `bypass` (the mark must be on before the SYN, hence not
@@ -18,9 +21,9 @@ pub fn connect_timeout(addr: SocketAddr, timeout: Duration, bypass: bool) -> io:
             log::trace!("SO_MARK: {e}");
         }
     }
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` holds a sockaddr of `len` bytes for this family.
-    let r = unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let raw = RawAddr::from(addr);
+    // SAFETY: `raw` holds a sockaddr of `raw.len` bytes for this family.
+    let r = unsafe { libc::connect(fd, raw.as_ptr(), raw.len) };
     if r != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -54,31 +57,20 @@ pub fn connect_timeout(addr: SocketAddr, timeout: Duration, bypass: bool) -> io:
     Ok(stream)
 }
 
-pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
-            let sin = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
+/// A listening TCP socket on `addr` with IP_FREEBIND, so it can bind an address that is
+/// not (yet) usable, as IPv6 addresses are during duplicate address detection.
+pub fn listen_freebind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let freebind = match addr {
+        SocketAddr::V4(_) => (libc::SOL_IP, libc::IP_FREEBIND),
+        SocketAddr::V6(_) => (libc::SOL_IPV6, libc::IPV6_FREEBIND),
     };
-    (ss, len as libc::socklen_t)
+    let listener = TcpListener::from(crate::tcp_socket_for(&addr)?);
+    for (level, name) in [freebind, (libc::SOL_SOCKET, libc::SO_REUSEADDR)] {
+        crate::set_int_option(&listener, level, name, 1)?;
+    }
+    let fd = listener.as_raw_fd();
+    crate::udp::bind_std(fd, addr)?;
+    // SAFETY: listen(2) on our own socket.
+    crate::cvt(unsafe { libc::listen(fd, 64) })?;
+    Ok(listener)
 }

@@ -60,35 +60,11 @@ fn bind_family(family: i32, port: u16) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn bind_std(fd: i32, addr: SocketAddr) -> io::Result<()> {
-    // SAFETY: sockaddr_in/sockaddr_in6 are built fully and passed with their sizes.
-    unsafe {
-        match addr {
-            SocketAddr::V4(a) => {
-                let mut sa: libc::sockaddr_in = std::mem::zeroed();
-                sa.sin_family = libc::AF_INET as u16;
-                sa.sin_port = a.port().to_be();
-                sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-                cvt(libc::bind(
-                    fd,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of_val(&sa) as u32,
-                ))?;
-            }
-            SocketAddr::V6(a) => {
-                let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
-                sa.sin6_family = libc::AF_INET6 as u16;
-                sa.sin6_port = a.port().to_be();
-                sa.sin6_addr.s6_addr = a.ip().octets();
-                cvt(libc::bind(
-                    fd,
-                    (&sa as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of_val(&sa) as u32,
-                ))?;
-            }
-        }
-    }
-    Ok(())
+/// bind(2) of socket `fd` to `addr`.
+pub(crate) fn bind_std(fd: i32, addr: SocketAddr) -> io::Result<()> {
+    let raw = RawAddr::from(addr);
+    // SAFETY: `raw` holds a sockaddr of `raw.len` bytes for this family.
+    cvt(unsafe { libc::bind(fd, raw.as_ptr(), raw.len) }).map(drop)
 }
 
 /// The address as peers know it: v4-mapped IPv6 addresses become plain IPv4.
@@ -177,7 +153,8 @@ pub fn gso_supported(sock: &UdpSocket) -> bool {
     }
 }
 
-/// A socket address in the form the kernel takes.
+/// A socket address in the form the kernel takes: the crate's one builder of
+/// sockaddr_in/sockaddr_in6 (bind, connect, sendmsg, the io_uring backend).
 pub struct RawAddr {
     pub storage: libc::sockaddr_storage,
     pub len: libc::socklen_t,
@@ -202,6 +179,7 @@ impl RawAddr {
                 sa.sin6_family = libc::AF_INET6 as u16;
                 sa.sin6_port = a.port().to_be();
                 sa.sin6_addr.s6_addr = a.ip().octets();
+                sa.sin6_scope_id = a.scope_id();
                 std::mem::size_of::<libc::sockaddr_in6>()
             }
         };
@@ -209,6 +187,11 @@ impl RawAddr {
             storage,
             len: len as libc::socklen_t,
         }
+    }
+
+    /// The address for calls that read a `*const sockaddr` of `len` bytes.
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
     }
 
     pub fn to_socket_addr(&self) -> Option<SocketAddr> {
@@ -270,8 +253,8 @@ pub fn send_segmented(
 /// Receives into `buf`. Returns the length, the sender, and the segment size when
 /// the kernel coalesced several datagrams (UDP GRO); 0 means one datagram.
 pub fn recv_segmented(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
-    // SAFETY: sockaddr_storage is plain data.
     let mut addr = RawAddr {
+        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
         storage: unsafe { std::mem::zeroed() },
         len: 0,
     };

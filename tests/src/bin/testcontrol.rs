@@ -11,6 +11,8 @@
 //! Prints `testcontrol ready url=http://ADDR:PORT key=mkey:<hex>` on stdout once it
 //! accepts connections; logs go to stderr.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;

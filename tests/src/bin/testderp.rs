@@ -7,6 +7,8 @@
 //! Prints `testderp ready derp=ADDR:PORT stun=ADDR:PORT key=<hex>` on stdout once it
 //! serves, then runs until killed; logs go to stderr.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use ringscale_tests::control_server::init_stderr_logger;
