@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod nft;
+pub mod resolv_conf;
 pub mod rtnl;
 
 pub use nft::{NetfilterConfig, NetfilterMode};
