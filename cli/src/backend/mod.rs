@@ -287,7 +287,10 @@ impl LocalBackend {
 
     /// No peers and no addresses: what a stopped or logged-out node forwards.
     pub fn idle_config(&self, inner: &Inner) -> Config {
-        let key = inner.prefs.node_private_key().unwrap_or(self.idle_key);
+        let key = inner
+            .prefs
+            .node_private_key()
+            .unwrap_or_else(|| self.idle_key.clone());
         Config {
             private_key: key.0,
             listen_port: 0,
