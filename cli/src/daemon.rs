@@ -5,7 +5,7 @@ use crate::conffile;
 use crate::goflag::{self, Flag, FlagError};
 use crate::localapi;
 use ringscale_control::state::{default_state_file, resolve_state_paths, StateStore};
-use ringscale_dataplane::{wgconfig, Config, Engine, EngineOptions, Key};
+use ringscale_dataplane::{wgconfig, Config, Engine, EngineOptions, PrivateKey};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -165,7 +165,7 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
     };
     let signals = block_termination_signals();
     let idle = Config {
-        private_key: Key::generate_private(),
+        private_key: PrivateKey::generate(),
         listen_port: 0,
         addresses: Vec::new(),
         mtu: ringscale_dataplane::config::DEFAULT_MTU,

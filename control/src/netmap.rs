@@ -497,7 +497,7 @@ pub fn dataplane_config(netmap: &NetMap, prefs: &Prefs) -> Result<Config, Config
     let private_key = prefs
         .persist
         .as_ref()
-        .map(|p| p.private_node_key)
+        .map(|p| &p.private_node_key)
         .filter(|k| !k.is_zero())
         .ok_or(ConfigError::NoNodeKey)?;
 
@@ -526,7 +526,7 @@ pub fn dataplane_config(netmap: &NetMap, prefs: &Prefs) -> Result<Config, Config
         .collect();
 
     Ok(Config {
-        private_key: private_key.0,
+        private_key: private_key.0.clone(),
         listen_port: 0,
         addresses,
         mtu: DEFAULT_MTU,
@@ -607,8 +607,8 @@ mod tests {
         }
     }
 
-    fn node_private() -> Key {
-        Key([0x77; 32])
+    fn node_private() -> ringscale_keys::PrivateKey {
+        ringscale_keys::PrivateKey::from_bytes([0x77; 32])
     }
 
     fn prefs() -> Prefs {

@@ -24,7 +24,7 @@ use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::{Blake2s256, Digest};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
-use ring::rand::{SecureRandom, SystemRandom};
+use ringscale_keys::PrivateKey;
 
 /// The Noise protocol name, hashed into the initial handshake state.
 pub const PROTOCOL_NAME: &[u8] = b"Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -148,20 +148,13 @@ impl fmt::Display for RecordError {
 impl std::error::Error for RecordError {}
 
 /// The X25519 public key of a private key (keys are clamped by the DH function, as Go does).
-pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
-    PublicKey::from(&StaticSecret::from(*private)).to_bytes()
+pub fn public_key(private: &PrivateKey) -> [u8; 32] {
+    private.public().0
 }
 
 /// A fresh random private key, clamped as Tailscale stores them.
-pub fn generate_private_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    // The OS RNG failing is not recoverable and not caused by input.
-    SystemRandom::new()
-        .fill(&mut key)
-        .expect("operating system random number generator failed");
-    key[0] &= 248;
-    key[31] = (key[31] & 127) | 64;
-    key
+pub fn generate_private_key() -> PrivateKey {
+    PrivateKey::generate()
 }
 
 /// The prologue both sides mix in: binds the cleartext version field to the handshake.
@@ -223,11 +216,12 @@ impl SymmetricState {
     /// `MixKey(DH(private, public))`, returning the single-use key.
     fn mix_dh(
         &mut self,
-        private: &[u8; 32],
+        private: &PrivateKey,
         public: &[u8; 32],
         step: &'static str,
     ) -> Result<[u8; 32], HandshakeError> {
-        let shared = StaticSecret::from(*private).diffie_hellman(&PublicKey::from(*public));
+        let shared = StaticSecret::from(*private.expose_secret_bytes())
+            .diffie_hellman(&PublicKey::from(*public));
         // Go's curve25519.X25519 refuses an all-zero result; so do we.
         if !shared.was_contributory() {
             return Err(HandshakeError::LowOrderPoint(step));
@@ -489,8 +483,8 @@ pub fn encode_error_frame(message: &str) -> Vec<u8> {
 /// The client side of the handshake between sending the initiation and reading the reply.
 pub struct InitiatorHandshake {
     state: SymmetricState,
-    machine_private: [u8; 32],
-    ephemeral_private: [u8; 32],
+    machine_private: PrivateKey,
+    ephemeral_private: PrivateKey,
     server_public: [u8; 32],
     version: u16,
 }
@@ -507,7 +501,7 @@ impl InitiatorHandshake {
     /// Starts a handshake with a fresh ephemeral key; returns the state and the initiation
     /// message (sent base64 in `X-Tailscale-Handshake`).
     pub fn start(
-        machine_private: &[u8; 32],
+        machine_private: &PrivateKey,
         server_public: &[u8; 32],
         version: u16,
     ) -> Result<(Self, [u8; INITIATION_LEN]), HandshakeError> {
@@ -521,10 +515,10 @@ impl InitiatorHandshake {
 
     /// [`Self::start`] with a given ephemeral key (deterministic, for known-answer tests).
     pub fn start_with_ephemeral(
-        machine_private: &[u8; 32],
+        machine_private: &PrivateKey,
         server_public: &[u8; 32],
         version: u16,
-        ephemeral_private: &[u8; 32],
+        ephemeral_private: &PrivateKey,
     ) -> Result<(Self, [u8; INITIATION_LEN]), HandshakeError> {
         let mut state = SymmetricState::new(version, server_public);
         let mut msg = [0u8; INITIATION_LEN];
@@ -545,8 +539,8 @@ impl InitiatorHandshake {
 
         let hs = InitiatorHandshake {
             state,
-            machine_private: *machine_private,
-            ephemeral_private: *ephemeral_private,
+            machine_private: machine_private.clone(),
+            ephemeral_private: ephemeral_private.clone(),
             server_public: *server_public,
             version,
         };
@@ -619,15 +613,18 @@ pub struct Responded {
 }
 
 /// Runs the server side of the handshake on a client's initiation message.
-pub fn respond(server_private: &[u8; 32], initiation: &[u8]) -> Result<Responded, HandshakeError> {
+pub fn respond(
+    server_private: &PrivateKey,
+    initiation: &[u8],
+) -> Result<Responded, HandshakeError> {
     respond_with_ephemeral(server_private, initiation, &generate_private_key())
 }
 
 /// [`respond`] with a given ephemeral key (deterministic, for known-answer tests).
 pub fn respond_with_ephemeral(
-    server_private: &[u8; 32],
+    server_private: &PrivateKey,
     initiation: &[u8],
-    ephemeral_private: &[u8; 32],
+    ephemeral_private: &PrivateKey,
 ) -> Result<Responded, HandshakeError> {
     if initiation.len() != INITIATION_LEN {
         return Err(HandshakeError::WrongSize {
@@ -690,11 +687,11 @@ pub fn respond_with_ephemeral(
 mod tests {
     use super::*;
 
-    fn key(b: u8) -> [u8; 32] {
+    fn key(b: u8) -> PrivateKey {
         let mut k = [b; 32];
         k[0] &= 248;
         k[31] = (k[31] & 127) | 64;
-        k
+        PrivateKey::from_bytes(k)
     }
 
     fn handshake() -> (Transport, Transport) {
@@ -991,20 +988,21 @@ mod tests {
     /// record of each direction has counter 1, which a little-endian nonce would get wrong.
     #[test]
     fn known_answer() {
-        let machine = [0x11; 32];
-        let server = [0x22; 32];
+        let machine = PrivateKey::from_bytes([0x11; 32]);
+        let server = PrivateKey::from_bytes([0x22; 32]);
         let (hs, init) = InitiatorHandshake::start_with_ephemeral(
             &machine,
             &public_key(&server),
             113,
-            &[0x33; 32],
+            &PrivateKey::from_bytes([0x33; 32]),
         )
         .unwrap();
         assert_eq!(
             init.to_vec(),
             hex("00710100607b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b1461d2949213e755bc180b5d5dbbd8c50a2a1beb69f8940d24cab4606a34cd5d416d033ea7c15693e1505353a2df249df06460648a56e94458fb005a34667b5c6d")
         );
-        let responded = respond_with_ephemeral(&server, &init, &[0x44; 32]).unwrap();
+        let responded =
+            respond_with_ephemeral(&server, &init, &PrivateKey::from_bytes([0x44; 32])).unwrap();
         assert_eq!(
             responded.response.to_vec(),
             hex("020030ff2ee45601ec1b67310c7790404585ae697331eee1c1f8cf2419731c1fff3e6bfc0f7e1d5c39549d3416f71da913672d")

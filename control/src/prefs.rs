@@ -359,8 +359,9 @@ impl Prefs {
     pub fn node_private_key(&self) -> Option<PrivateKey> {
         self.persist
             .as_ref()
-            .map(|p| p.private_node_key)
+            .map(|p| &p.private_node_key)
             .filter(|k| !k.is_zero())
+            .cloned()
     }
 
     /// Copies what control must learn from the prefs into Hostinfo, as Go's
@@ -640,7 +641,6 @@ pub struct LoginProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringscale_keys::Key;
     use serde_json::json;
 
     /// Stored prefs as Go tailscaled 1.10x writes them (protocol.md §11.1), with a field
@@ -699,12 +699,18 @@ mod tests {
         assert!(p.advertises_exit_node());
         assert_eq!(p.advertise_routes[0].to_string(), "192.168.1.0/24");
         let persist = p.persist.as_ref().unwrap();
-        assert_eq!(persist.private_node_key.0, Key([0x11; 32]));
+        assert_eq!(
+            persist.private_node_key.0.expose_secret_bytes(),
+            &[0x11; 32]
+        );
         assert!(persist.old_private_node_key.is_zero());
         assert_eq!(persist.user_profile.login_name, "alice@example.com");
-        assert_eq!(persist.network_lock_key.0, [0xab; 64]);
+        assert_eq!(persist.network_lock_key.expose_secret_bytes(), &[0xab; 64]);
         assert_eq!(persist.node_id, "nXXXXCNTRL");
-        assert_eq!(p.node_private_key(), Some(persist.private_node_key));
+        assert_eq!(
+            p.node_private_key().as_ref(),
+            Some(&persist.private_node_key)
+        );
         // Written back and read again: the same prefs.
         assert_eq!(Prefs::from_json(&p.to_json()).unwrap(), p);
     }

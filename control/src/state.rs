@@ -365,7 +365,7 @@ impl StateStore {
             return Ok(k);
         }
         let k = generate_machine_key();
-        self.set(MACHINE_KEY, k.to_string().as_bytes())?;
+        self.set(MACHINE_KEY, k.expose_secret_text().as_bytes())?;
         Ok(k)
     }
 
@@ -668,13 +668,19 @@ mod tests {
         let d = TempDir::new("go");
         fs::write(d.file(), go_state_file()).unwrap();
         let st = StateStore::open_file(&d.file()).unwrap();
-        assert_eq!(st.machine_key().unwrap().unwrap().0 .0, [0x33; 32]);
+        assert_eq!(
+            st.machine_key().unwrap().unwrap().0.expose_secret_bytes(),
+            &[0x33; 32]
+        );
         let (profile, prefs) = st.current_profile().unwrap().unwrap();
         assert_eq!(profile.id, "1ab3");
         assert_eq!(profile.network_profile.magic_dns_name, "tail1234.ts.net");
         assert_eq!(prefs.control_url, "https://hs.example.com");
         assert!(prefs.advertises_exit_node());
-        assert_eq!(prefs.node_private_key().unwrap().0 .0, [0x11; 32]);
+        assert_eq!(
+            prefs.node_private_key().unwrap().0.expose_secret_bytes(),
+            &[0x11; 32]
+        );
         assert_eq!(prefs.persist.unwrap().node_id, "nXXXXCNTRL");
         // Reading never writes.
         assert_eq!(fs::read_to_string(d.file()).unwrap(), go_state_file());
@@ -733,7 +739,9 @@ mod tests {
         for _ in 0..100 {
             assert!(!st.save_profile(&profile, &prefs.clone()).unwrap());
             assert_eq!(st.load_or_create_machine_key().unwrap(), mk);
-            assert!(!st.set(MACHINE_KEY, mk.to_string().as_bytes()).unwrap());
+            assert!(!st
+                .set(MACHINE_KEY, mk.expose_secret_text().as_bytes())
+                .unwrap());
             assert!(!st.remove("never-existed").unwrap());
             assert!(!st.update(&[]).unwrap());
         }

@@ -30,7 +30,7 @@ fn config(private: u8, peer: u8, peer_ip: &str, endpoint: SocketAddr) -> Config 
     let peer_public =
         boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from([peer; 32]));
     Config {
-        private_key: Key([private; 32]),
+        private_key: ringscale_dataplane::PrivateKey::from_bytes([private; 32]),
         listen_port: 0,
         addresses: vec![],
         mtu: 1280,

@@ -2,7 +2,7 @@
 //! the control plane's netmap both produce a [`Config`]; the engine applies it.
 
 use ip_network::IpNetwork;
-use ringscale_keys::Key;
+use ringscale_keys::{Key, PrivateKey};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Default TUN MTU: Tailscale's "safe" MTU, which fits any path with IPv6 + WireGuard.
@@ -10,7 +10,7 @@ pub const DEFAULT_MTU: u16 = 1280;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    pub private_key: Key,
+    pub private_key: PrivateKey,
     /// UDP port for WireGuard; 0 picks a free one.
     pub listen_port: u16,
     /// Our own addresses, assigned to the TUN device.

@@ -23,5 +23,5 @@ pub mod worker;
 
 pub use config::{derp_addr, derp_region_of, Config, IfAddr, PeerConfig, DERP_MAGIC_IP};
 pub use engine::{Engine, EngineOptions};
-pub use ringscale_keys::Key;
+pub use ringscale_keys::{Key, PrivateKey};
 pub use worker::IoBackend;

@@ -5,7 +5,7 @@
 
 use crate::config::{Config, IfAddr, PeerConfig, DEFAULT_MTU};
 use ip_network::IpNetwork;
-use ringscale_keys::Key;
+use ringscale_keys::{Key, PrivateKey};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -87,7 +87,7 @@ pub fn parse(text: &str) -> Result<Config, ParseError> {
             Section::None => return Err(err(n, format!("{key} outside of a section"))),
             Section::Interface => match lower.as_str() {
                 "privatekey" => {
-                    let k = Key::from_base64(value)
+                    let k = PrivateKey::from_base64(value)
                         .map_err(|e| err(n, format!("invalid PrivateKey: {e}")))?;
                     private_key = Some(k);
                 }

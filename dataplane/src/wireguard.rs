@@ -364,7 +364,6 @@ fn next_index() -> u32 {
 pub struct PeerTable {
     private: StaticSecret,
     public: PublicKey,
-    private_key: Key,
     peers: Vec<Arc<Peer>>,
     by_ip: AllowedIps<Arc<Peer>>,
     by_index: HashMap<u32, Arc<Peer>>,
@@ -393,9 +392,10 @@ impl PeerTable {
         if let Some(p) = previous {
             p.retired.store(true, Ordering::Release);
         }
-        let private = StaticSecret::from(cfg.private_key.0);
+        let private = StaticSecret::from(*cfg.private_key.expose_secret_bytes());
         let public = PublicKey::from(&private);
-        let same_identity = previous.is_some_and(|p| p.private_key == cfg.private_key);
+        // Same public key = same private key (as X25519 uses it, clamped).
+        let same_identity = previous.is_some_and(|p| p.public == public);
         let rate_limiter = match previous {
             Some(p) if same_identity => p.rate_limiter.clone(),
             _ => Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
@@ -412,7 +412,6 @@ impl PeerTable {
         let mut table = PeerTable {
             private: private.clone(),
             public,
-            private_key: cfg.private_key,
             peers: Vec::with_capacity(cfg.peers.len()),
             by_ip: AllowedIps::default(),
             by_index: HashMap::with_capacity(cfg.peers.len()),

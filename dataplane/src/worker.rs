@@ -1037,7 +1037,7 @@ mod tests {
     fn config(private: u8, peer: u8, peer_ip: &str, endpoint: &str) -> Config {
         let peer_public = PublicKey::from(&StaticSecret::from([peer; 32]));
         Config {
-            private_key: Key([private; 32]),
+            private_key: ringscale_keys::PrivateKey::from_bytes([private; 32]),
             listen_port: 0,
             addresses: vec![],
             mtu: 1280,

@@ -30,7 +30,7 @@ fn peer_endpoint(i: usize) -> SocketAddr {
 
 fn config() -> Config {
     Config {
-        private_key: Key([0x11; 32]),
+        private_key: ringscale_dataplane::PrivateKey::from_bytes([0x11; 32]),
         listen_port: 0,
         addresses: vec![],
         mtu: 1280,

@@ -62,7 +62,7 @@ impl TestClient {
     }
 
     async fn connect_with_machine(url: &str, hostname: &str, machine: PrivateKey) -> TestClient {
-        let conn = tokio::time::timeout(STEP, ts2021::connect(url, &machine.0 .0, None))
+        let conn = tokio::time::timeout(STEP, ts2021::connect(url, &machine.0, None))
             .await
             .expect("connect timed out")
             .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
@@ -437,7 +437,7 @@ fn keys_rotation_logout_expiry_and_stable_addresses() {
     let once = server.create_auth_key(false, false);
     block_on(async {
         let machine = PrivateKey::generate();
-        let mut a = TestClient::connect_with_machine(server.url(), "alpha", machine).await;
+        let mut a = TestClient::connect_with_machine(server.url(), "alpha", machine.clone()).await;
         a.register(&once).await;
         let first = server.node("alpha").unwrap();
 
@@ -731,7 +731,7 @@ fn garbage_clients_do_not_bring_the_server_down() {
         let mut noise = ts2021::client::upgrade(
             tcp,
             &url,
-            &PrivateKey::generate().0 .0,
+            &PrivateKey::generate().0,
             &server_key,
             &ts2021::ConnectOptions::default(),
         )

@@ -395,8 +395,8 @@ fn hostile_disco_packets_do_not_hijack_paths() {
     // Magic, B's key, then too short for nonce and tag.
     junk.push([&message::MAGIC[..], &b_disco.0, &[0; 30]].concat());
     // Claiming to be B, but sealed with a key that is not B's: pongs and CallMeMaybes.
-    let mallory = Key::generate_private();
-    let forged_shared = SharedKey::new(&mallory.0, &a_disco.0);
+    let mallory = ringscale_keys::PrivateKey::generate();
+    let forged_shared = SharedKey::new(&mallory, &a_disco.0);
     for i in 0..50u8 {
         let msg = if i % 2 == 0 {
             Message::Pong {

@@ -110,7 +110,7 @@ fn plan(b: &LocalBackend) -> Option<Plan> {
     }
     Some(Plan {
         url: p.control_url_or_default().to_string(),
-        machine_key: inner.machine_key,
+        machine_key: inner.machine_key.clone(),
         generation: inner.generation,
         need_register: inner.need_register,
     })
@@ -125,7 +125,7 @@ async fn session(b: &Arc<LocalBackend>, got_netmap: &mut bool) -> Result<Ended, 
         return Ok(Ended::Idle);
     };
     log::debug!("control: connecting to {}", plan.url);
-    let conn = ts2021::connect(&plan.url, &plan.machine_key.0 .0, None).await?;
+    let conn = ts2021::connect(&plan.url, &plan.machine_key.0, None).await?;
     if plan.need_register {
         if let Some(ended) = register(b, &conn, plan.generation).await? {
             return Ok(ended);
@@ -161,7 +161,7 @@ async fn register(
             .prefs
             .persist
             .as_ref()
-            .map(|p| p.old_private_node_key)
+            .map(|p| p.old_private_node_key.clone())
             .unwrap_or_default();
         (
             current.unwrap_or_else(PrivateKey::generate),
@@ -437,13 +437,13 @@ pub async fn logout(b: &Arc<LocalBackend>) -> Result<(), String> {
         let inner = b.lock();
         (
             inner.prefs.control_url_or_default().to_string(),
-            inner.machine_key,
+            inner.machine_key.clone(),
             inner.prefs.node_private_key(),
         )
     };
     if let Some(node_key) = node_key {
         let result = async {
-            let conn = ts2021::connect(&url, &machine_key.0 .0, None).await?;
+            let conn = ts2021::connect(&url, &machine_key.0, None).await?;
             let req = RegisterRequest {
                 version: CAPABILITY_VERSION,
                 node_key: node_key.node_public(),

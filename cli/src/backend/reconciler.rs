@@ -207,7 +207,7 @@ impl LinuxHost {
     /// (the engine then keeps the last good one).
     fn engine_config(&self, desired: &Desired, host: &[InterfaceAddr]) -> Option<Config> {
         let Some(nm) = &desired.netmap else {
-            return Some(idle_config(&desired.prefs, self.idle_key));
+            return Some(idle_config(&desired.prefs, &self.idle_key));
         };
         match ringscale_control::netmap::dataplane_config(nm, &desired.prefs) {
             Ok(mut c) => {
@@ -320,8 +320,8 @@ impl Host for LinuxHost {
 }
 
 /// No peers and no addresses: what a stopped or logged-out node forwards.
-pub fn idle_config(prefs: &Prefs, idle_key: PrivateKey) -> Config {
-    let key = prefs.node_private_key().unwrap_or(idle_key);
+pub fn idle_config(prefs: &Prefs, idle_key: &PrivateKey) -> Config {
+    let key = prefs.node_private_key().unwrap_or_else(|| idle_key.clone());
     Config {
         private_key: key.0,
         listen_port: 0,

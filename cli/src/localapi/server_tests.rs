@@ -90,7 +90,7 @@ impl TestBackend {
     fn persist() -> Persist {
         Persist {
             // A real-looking secret, so the tests can see it never leaves the daemon.
-            private_node_key: PrivateKey(Key([0x42; 32])),
+            private_node_key: PrivateKey(ringscale_dataplane::PrivateKey::from_bytes([0x42; 32])),
             user_profile: UserProfile {
                 id: 7,
                 login_name: "alice@example.com".into(),

@@ -175,7 +175,7 @@ impl Paths {
     /// Hooks into `engine` and makes a fresh disco key (never stored: a new one every
     /// start, as Tailscale does).
     pub fn new(engine: &Engine) -> Arc<Paths> {
-        let disco = Disco::new(Key::generate_private());
+        let disco = Disco::new(ringscale_keys::PrivateKey::generate());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (dg_tx, dg_rx) = mpsc::channel(DATAGRAM_QUEUE);
         let (relay_tx, relay_rx) = mpsc::channel(RELAY_QUEUE);
@@ -270,7 +270,7 @@ struct Task<'a> {
     engine: &'a Engine,
     /// The data plane's last-send stamp per peer, to notice new traffic.
     last_send: HashMap<Key, u64>,
-    node_private: Option<Key>,
+    node_private: Option<ringscale_keys::PrivateKey>,
     /// Regions usable for DERP (with at least one non-STUN-only node).
     derp_map: BTreeMap<u16, DerpRegion>,
     regions: HashMap<u16, RegionConn>,
@@ -306,13 +306,13 @@ impl Task<'_> {
     fn apply(&mut self, u: PathsUpdate) {
         let now = Instant::now();
         if !u.node_private.is_zero() {
-            let key = u.node_private.0;
-            if self.node_private != Some(key) {
+            let public = u.node_private.public();
+            if self.node_private.as_ref() != Some(&u.node_private.0) {
                 // DERP connections identify us by the node key: start them over.
                 self.regions.clear();
-                self.node_private = Some(key);
+                self.node_private = Some(u.node_private.0);
             }
-            self.disco.set_node_key(key.public());
+            self.disco.set_node_key(public);
         }
         self.local_endpoints = u.local_endpoints;
         let map: BTreeMap<u16, DerpRegion> = u
@@ -372,7 +372,7 @@ impl Task<'_> {
         if !derp::ENABLED {
             return None;
         }
-        let key = self.node_private?;
+        let key = self.node_private.clone()?;
         let info = self.derp_map.get(&region)?.clone();
         let preferred = self.home == Some(region);
         let events = self.derp_events.clone();

@@ -229,7 +229,7 @@ pub fn parse_key_response(body: &[u8]) -> Result<[u8; 32], Error> {
 pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: S,
     url: &ControlUrl,
-    machine_private: &[u8; 32],
+    machine_private: &ringscale_keys::PrivateKey,
     server_public: &[u8; 32],
     opts: &ConnectOptions,
 ) -> Result<NoiseStream<S>, Error> {
@@ -520,7 +520,7 @@ impl Drop for ControlConnection {
 /// runtime (the HTTP/2 connection is driven by a spawned task, aborted on drop).
 pub async fn connect(
     control_url: &str,
-    machine_private: &[u8; 32],
+    machine_private: &ringscale_keys::PrivateKey,
     server_public: Option<[u8; 32]>,
 ) -> Result<ControlConnection, Error> {
     connect_with(
@@ -535,7 +535,7 @@ pub async fn connect(
 /// [`connect`] with a parsed URL and explicit options.
 pub async fn connect_with(
     url: &ControlUrl,
-    machine_private: &[u8; 32],
+    machine_private: &ringscale_keys::PrivateKey,
     server_public: Option<[u8; 32]>,
     opts: &ConnectOptions,
 ) -> Result<ControlConnection, Error> {

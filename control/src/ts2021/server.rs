@@ -28,7 +28,7 @@ use ringscale_http1::{tokio_io, BodyDecoder, HeadWriter, ReadError, RequestHead}
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The server's Noise private key; its public half is served at `/key`.
-    pub private_key: [u8; 32],
+    pub private_key: ringscale_keys::PrivateKey,
     /// Send the `EarlyNoise` payload with a fresh challenge key, as Headscale and
     /// Tailscale's production servers do (Go's own `testcontrol` does not).
     pub send_early_payload: bool,
@@ -42,7 +42,7 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults: early payload on, no version floor, 10 s handshake bound, 1 MiB bodies.
-    pub fn new(private_key: [u8; 32]) -> Self {
+    pub fn new(private_key: ringscale_keys::PrivateKey) -> Self {
         ServerConfig {
             private_key,
             send_early_payload: true,

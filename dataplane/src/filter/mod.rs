@@ -624,7 +624,7 @@ mod peer_table_tests {
 
     fn cfg(me: u8, peer: u8, peer_ip: &str, ep: &str, filter: Option<FilterConfig>) -> Config {
         Config {
-            private_key: Key([me; 32]),
+            private_key: ringscale_keys::PrivateKey::from_bytes([me; 32]),
             listen_port: 0,
             addresses: vec![],
             mtu: 1280,

@@ -34,7 +34,7 @@ fn public(secret: u8) -> Key {
 /// Our key `me`, one peer (key `peer`) owning `peer_net` at `endpoint`.
 fn config(me: u8, peer: u8, peer_net: &str, endpoint: &str) -> Config {
     Config {
-        private_key: Key([me; 32]),
+        private_key: ringscale_keys::PrivateKey::from_bytes([me; 32]),
         listen_port: 0,
         addresses: vec![],
         mtu: 1280,

@@ -61,14 +61,14 @@ fn secs(flag: &str, value: &str) -> Result<Duration, String> {
 }
 
 /// Loads the server key from `path`, or creates it there (mode 0600).
-fn load_or_create_key(path: &str) -> Result<[u8; 32], String> {
+fn load_or_create_key(path: &str) -> Result<ringscale_keys::PrivateKey, String> {
     if Path::new(path).exists() {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
         let key: PrivateKey = text
             .trim()
             .parse()
             .map_err(|e: tailcfg::KeyParseError| format!("{path}: {e}"))?;
-        return Ok(key.0 .0);
+        return Ok(key.0);
     }
     let key = PrivateKey::generate();
     let mut file = {
@@ -80,8 +80,8 @@ fn load_or_create_key(path: &str) -> Result<[u8; 32], String> {
             .open(path)
             .map_err(|e| format!("{path}: {e}"))?
     };
-    writeln!(file, "{key}").map_err(|e| format!("{path}: {e}"))?;
-    Ok(key.0 .0)
+    writeln!(file, "{}", key.expose_secret_text()).map_err(|e| format!("{path}: {e}"))?;
+    Ok(key.0)
 }
 
 fn parse_args(args: &[String]) -> Result<(Options, bool), String> {

@@ -102,7 +102,7 @@ pub struct Options {
     /// Base URL for AuthURLs; default `http://<listen address>`.
     pub server_url: Option<String>,
     /// The server's Noise private key; default a fresh one.
-    pub private_key: Option<[u8; 32]>,
+    pub private_key: Option<ringscale_keys::PrivateKey>,
     /// Pre-auth keys created at start: `(key, reusable, ephemeral)`.
     pub auth_keys: Vec<(String, bool, bool)>,
     pub auto_approve_routes: bool,
@@ -186,6 +186,7 @@ impl Prepared {
         }
         let private_key = options
             .private_key
+            .clone()
             .unwrap_or_else(ringscale_control::noise::generate_private_key);
         let mut config = ServerConfig::new(private_key);
         // The early payload as Headscale and Tailscale's servers send it.

@@ -314,7 +314,7 @@ pub struct Tailnet {
 pub fn random_hex(bytes: usize) -> String {
     let mut out = String::with_capacity(bytes * 2);
     while out.len() < bytes * 2 {
-        for b in ringscale_control::noise::generate_private_key() {
+        for &b in ringscale_control::noise::generate_private_key().expose_secret_bytes() {
             if out.len() < bytes * 2 {
                 out.push_str(&format!("{b:02x}"));
             }

@@ -16,7 +16,7 @@
 //! [`Options::hostile`] turns it into a server that answers every client with garbage
 //! or oversized frames, for the client's bad-input tests.
 
-use ringscale_dataplane::Key;
+use ringscale_dataplane::{Key, PrivateKey};
 use ringscale_magicsock::derp::frame::{self, ClientFrame, HEADER_LEN};
 use ringscale_wire::stun;
 use std::collections::HashMap;
@@ -133,7 +133,7 @@ pub struct Stats {
 type Clients = Arc<Mutex<HashMap<Key, (u64, mpsc::Sender<Vec<u8>>)>>>;
 
 struct Server {
-    private: Key,
+    private: PrivateKey,
     public: Key,
     clients: Clients,
     stats: Arc<Stats>,
@@ -155,13 +155,14 @@ pub struct DerpServer {
 
 impl DerpServer {
     pub fn start(options: Options) -> io::Result<DerpServer> {
-        let private = Key::generate_private();
+        let private = PrivateKey::generate();
+        let public_key = private.public();
         let stats = Arc::new(Stats::default());
         let clients: Clients = Arc::default();
         let tls = options.tls.as_ref().map(tls_acceptor).transpose()?;
         let server = Arc::new(Server {
+            public: public_key,
             private,
-            public: private.public(),
             clients: clients.clone(),
             stats: stats.clone(),
             hostile: options.hostile,
@@ -223,7 +224,7 @@ impl DerpServer {
         Ok(DerpServer {
             addr,
             stun_addr,
-            public_key: private.public(),
+            public_key,
             stats,
             clients,
             stop: Some(stop_tx),
@@ -491,7 +492,7 @@ async fn misbehave(
             tcp.write_all(&frame::server_info_frame(&server.private, &client))
                 .await?;
             for i in 0..200 {
-                let src = Key::generate_private();
+                let src = PrivateKey::generate().public();
                 let len = 1 + (i * 37) % junk.len();
                 let mut body = junk[..len].to_vec();
                 if i % 3 == 0 {

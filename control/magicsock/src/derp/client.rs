@@ -5,7 +5,7 @@
 
 use super::frame::{self, FrameError, ServerFrame, HEADER_LEN, MAX_FRAME_SIZE};
 use super::DerpEvent;
-use ringscale_keys::Key;
+use ringscale_keys::{Key, PrivateKey};
 use ringscale_tailcfg::{DerpNode, DerpRegion};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -149,7 +149,7 @@ fn node_addr(node: &DerpNode, plain: bool) -> Result<SocketAddr, DerpError> {
 /// Connects to `node` and completes the DERP handshake with our node key.
 pub async fn connect(
     node: &DerpNode,
-    node_private: &Key,
+    node_private: &PrivateKey,
 ) -> Result<(DerpReader, DerpWriter, Key), DerpError> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(node, node_private))
         .await
@@ -158,7 +158,7 @@ pub async fn connect(
 
 async fn connect_inner(
     node: &DerpNode,
-    node_private: &Key,
+    node_private: &PrivateKey,
 ) -> Result<(DerpReader, DerpWriter, Key), DerpError> {
     let plain = use_plain_http();
     let addr = node_addr(node, plain)?;
@@ -259,7 +259,7 @@ impl Drop for RegionClient {
 /// connection, reconnect with exponential backoff (1 s to 30 s, with jitter).
 pub fn spawn_region(
     region: DerpRegion,
-    node_private: Key,
+    node_private: PrivateKey,
     preferred: bool,
     events: mpsc::Sender<DerpEvent>,
 ) -> RegionClient {
@@ -281,7 +281,7 @@ fn jitter(d: Duration) -> Duration {
 
 async fn region_task(
     region: DerpRegion,
-    node_private: Key,
+    node_private: PrivateKey,
     mut outgoing: mpsc::Receiver<(Key, Vec<u8>)>,
     mut preferred: tokio::sync::watch::Receiver<bool>,
     events: mpsc::Sender<DerpEvent>,

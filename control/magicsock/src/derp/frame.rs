@@ -2,7 +2,7 @@
 //! [payload]`. Both our client and the test DERP server build and parse frames here.
 
 use crate::disco::naclbox::{self, SharedKey};
-use ringscale_keys::Key;
+use ringscale_keys::{Key, PrivateKey};
 use std::fmt;
 
 /// `"DERP🔑"`, at the start of the ServerKey frame.
@@ -219,17 +219,17 @@ pub fn server_key_frame(server_public: &Key) -> Vec<u8> {
 /// "CanAckPings":true}` sealed with its node private key to the server's key. Sealing
 /// with the node key is what proves to the server that we own the key packets for us
 /// are addressed to.
-pub fn client_info_frame(node_private: &Key, server_public: &Key) -> Vec<u8> {
+pub fn client_info_frame(node_private: &PrivateKey, server_public: &Key) -> Vec<u8> {
     let json = format!("{{\"version\":{PROTOCOL_VERSION},\"CanAckPings\":true}}");
-    let shared = SharedKey::new(&node_private.0, &server_public.0);
+    let shared = SharedKey::new(node_private, &server_public.0);
     let sealed = naclbox::seal_with_nonce(&shared, json.as_bytes());
     encode(CLIENT_INFO, &[&node_private.public().0, &sealed])
 }
 
 /// The server's ServerInfo frame for a client.
-pub fn server_info_frame(server_private: &Key, client_public: &Key) -> Vec<u8> {
+pub fn server_info_frame(server_private: &PrivateKey, client_public: &Key) -> Vec<u8> {
     let json = format!("{{\"version\":{PROTOCOL_VERSION}}}");
-    let shared = SharedKey::new(&server_private.0, &client_public.0);
+    let shared = SharedKey::new(server_private, &client_public.0);
     encode(
         SERVER_INFO,
         &[&naclbox::seal_with_nonce(&shared, json.as_bytes())],
@@ -238,11 +238,11 @@ pub fn server_info_frame(server_private: &Key, client_public: &Key) -> Vec<u8> {
 
 /// Opens a sealed ClientInfo or ServerInfo (nonce ‖ box) and returns its JSON.
 pub fn open_info(
-    our_private: &Key,
+    our_private: &PrivateKey,
     their_public: &Key,
     sealed: &[u8],
 ) -> Result<serde_json::Value, FrameError> {
-    let shared = SharedKey::new(&our_private.0, &their_public.0);
+    let shared = SharedKey::new(our_private, &their_public.0);
     let plain = naclbox::open_with_nonce(&shared, sealed).map_err(|_| FrameError::BadBox)?;
     serde_json::from_slice(&plain).map_err(|_| FrameError::Malformed("info is not JSON"))
 }
@@ -259,8 +259,8 @@ mod tests {
 
     #[test]
     fn handshake_frames_round_trip_and_prove_the_node_key() {
-        let server = Key([0x51; 32]);
-        let client = Key([0xc1; 32]);
+        let server = PrivateKey::from_bytes([0x51; 32]);
+        let client = PrivateKey::from_bytes([0xc1; 32]);
         let f = server_key_frame(&server.public());
         let (kind, p) = split(&f);
         assert_eq!(
@@ -277,7 +277,7 @@ mod tests {
         assert_eq!(info["version"], 2);
         assert_eq!(info["CanAckPings"], true);
         // Someone claiming the client's key without its private key cannot seal.
-        let impostor = client_info_frame(&Key([0xee; 32]), &server.public());
+        let impostor = client_info_frame(&PrivateKey::from_bytes([0xee; 32]), &server.public());
         let (kind, p) = split(&impostor);
         let ClientFrame::ClientInfo { sealed, .. } = ClientFrame::parse(kind, p).unwrap() else {
             panic!("not a ClientInfo");
@@ -343,7 +343,11 @@ mod tests {
         ));
         assert!(ClientFrame::parse(CLIENT_INFO, &[0; 31]).is_err());
         assert_eq!(
-            open_info(&Key([1; 32]), &Key([2; 32]).public(), &[0; 20]),
+            open_info(
+                &PrivateKey::from_bytes([1; 32]),
+                &PrivateKey::from_bytes([2; 32]).public(),
+                &[0; 20]
+            ),
             Err(FrameError::BadBox)
         );
     }

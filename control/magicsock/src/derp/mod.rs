@@ -54,7 +54,7 @@ mod disabled {
 
     pub fn spawn_region(
         _region: DerpRegion,
-        _node_private: Key,
+        _node_private: ringscale_keys::PrivateKey,
         _preferred: bool,
         _events: mpsc::Sender<DerpEvent>,
     ) -> RegionClient {

@@ -247,11 +247,14 @@ mod tests {
     use super::*;
 
     fn shared_pair() -> (Key, SharedKey, SharedKey) {
-        let (a, b) = (Key([7; 32]), Key([8; 32]));
+        let (a, b) = (
+            ringscale_keys::PrivateKey::from_bytes([7; 32]),
+            ringscale_keys::PrivateKey::from_bytes([8; 32]),
+        );
         (
             a.public(),
-            SharedKey::new(&a.0, &b.public().0),
-            SharedKey::new(&b.0, &a.public().0),
+            SharedKey::new(&a, &b.public().0),
+            SharedKey::new(&b, &a.public().0),
         )
     }
 

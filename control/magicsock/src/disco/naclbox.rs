@@ -6,6 +6,7 @@
 use crypto_box::aead::generic_array::GenericArray;
 use crypto_box::aead::AeadInPlace;
 use crypto_box::{PublicKey, SalsaBox, SecretKey};
+use ringscale_keys::PrivateKey;
 use std::fmt;
 
 pub const NONCE_LEN: usize = 24;
@@ -27,8 +28,9 @@ impl std::error::Error for OpenError {}
 pub struct SharedKey(SalsaBox);
 
 impl SharedKey {
-    pub fn new(our_private: &[u8; 32], their_public: &[u8; 32]) -> SharedKey {
-        let secret = SecretKey::from(*our_private);
+    pub fn new(our_private: &PrivateKey, their_public: &[u8; 32]) -> SharedKey {
+        // crypto_box's SecretKey zeroes itself on drop.
+        let secret = SecretKey::from(*our_private.expose_secret_bytes());
         SharedKey(SalsaBox::new(&PublicKey::from(*their_public), &secret))
     }
 
@@ -105,7 +107,6 @@ pub fn open_with_nonce(shared: &SharedKey, data: &[u8]) -> Result<Vec<u8>, OpenE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringscale_keys::Key;
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())
@@ -126,30 +127,34 @@ mod tests {
 
     #[test]
     fn seals_exactly_as_libsodium_does() {
-        let b_pub = Key([2; 32]).public();
+        let b_pub = PrivateKey::from_bytes([2; 32]).public();
         let mut out = Vec::new();
-        SharedKey::new(&[1; 32], &b_pub.0).seal_into(&nonce(), MSG, &mut out);
+        SharedKey::new(&PrivateKey::from_bytes([1; 32]), &b_pub.0).seal_into(
+            &nonce(),
+            MSG,
+            &mut out,
+        );
         assert_eq!(out, unhex(SEALED));
     }
 
     #[test]
     fn opens_what_libsodium_sealed_from_the_other_side() {
-        let a_pub = Key([1; 32]).public();
-        let shared = SharedKey::new(&[2; 32], &a_pub.0);
+        let a_pub = PrivateKey::from_bytes([1; 32]).public();
+        let shared = SharedKey::new(&PrivateKey::from_bytes([2; 32]), &a_pub.0);
         assert_eq!(shared.open(&nonce(), &unhex(SEALED)).unwrap(), MSG);
     }
 
     #[test]
     fn altered_boxes_wrong_keys_and_short_input_do_not_open() {
-        let a_pub = Key([1; 32]).public();
-        let shared = SharedKey::new(&[2; 32], &a_pub.0);
+        let a_pub = PrivateKey::from_bytes([1; 32]).public();
+        let shared = SharedKey::new(&PrivateKey::from_bytes([2; 32]), &a_pub.0);
         let good = unhex(SEALED);
         for i in [0, 15, 16, good.len() - 1] {
             let mut bad = good.clone();
             bad[i] ^= 1;
             assert_eq!(shared.open(&nonce(), &bad), Err(OpenError), "byte {i}");
         }
-        let stranger = SharedKey::new(&[3; 32], &a_pub.0);
+        let stranger = SharedKey::new(&PrivateKey::from_bytes([3; 32]), &a_pub.0);
         assert_eq!(stranger.open(&nonce(), &good), Err(OpenError));
         assert_eq!(shared.open(&nonce(), &good[..15]), Err(OpenError));
         assert_eq!(open_with_nonce(&shared, &[0; 39]), Err(OpenError));
@@ -157,9 +162,12 @@ mod tests {
 
     #[test]
     fn nonce_prefixed_round_trip() {
-        let (a, b) = (Key([5; 32]), Key([6; 32]));
-        let sealed = seal_with_nonce(&SharedKey::new(&a.0, &b.public().0), b"{\"version\":2}");
-        let opened = open_with_nonce(&SharedKey::new(&b.0, &a.public().0), &sealed).unwrap();
+        let (a, b) = (
+            PrivateKey::from_bytes([5; 32]),
+            PrivateKey::from_bytes([6; 32]),
+        );
+        let sealed = seal_with_nonce(&SharedKey::new(&a, &b.public().0), b"{\"version\":2}");
+        let opened = open_with_nonce(&SharedKey::new(&b, &a.public().0), &sealed).unwrap();
         assert_eq!(opened, b"{\"version\":2}");
     }
 }

@@ -23,7 +23,7 @@
 
 use super::message::{self, DiscoError, Message, Sealed, TxId};
 use super::naclbox::SharedKey;
-use ringscale_keys::Key;
+use ringscale_keys::{Key, PrivateKey};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -212,7 +212,7 @@ impl PeerState {
 /// Ours: the keys and addresses every message needs, and the output queues.
 struct Local {
     public: Key,
-    private: Key,
+    private: PrivateKey,
     node_key: Option<Key>,
     our_endpoints: Vec<SocketAddr>,
     derp_regions: Vec<u16>,
@@ -366,7 +366,7 @@ pub struct Disco {
 impl Disco {
     /// `private` is a fresh disco private key: Tailscale makes a new one on every start
     /// and never stores it.
-    pub fn new(private: Key) -> Disco {
+    pub fn new(private: PrivateKey) -> Disco {
         Disco {
             local: Local {
                 public: private.public(),
@@ -431,7 +431,7 @@ impl Disco {
                 .entry(info.node_key)
                 .or_insert_with(|| PeerState {
                     disco_key: info.disco_key,
-                    shared: SharedKey::new(&self.local.private.0, &info.disco_key.0),
+                    shared: SharedKey::new(&self.local.private, &info.disco_key.0),
                     home_derp: None,
                     derp_seen: None,
                     netmap_endpoints: Vec::new(),
@@ -450,7 +450,7 @@ impl Disco {
                     info.node_key
                 );
                 peer.disco_key = info.disco_key;
-                peer.shared = SharedKey::new(&self.local.private.0, &info.disco_key.0);
+                peer.shared = SharedKey::new(&self.local.private, &info.disco_key.0);
                 peer.reset();
             }
             peer.home_derp = info.home_derp;
@@ -722,9 +722,12 @@ mod tests {
 
     impl Pair {
         fn new(derp: bool) -> Pair {
-            let (a_node, b_node) = (Key([0xa1; 32]).public(), Key([0xb1; 32]).public());
-            let mut a = Disco::new(Key::generate_private());
-            let mut b = Disco::new(Key::generate_private());
+            let (a_node, b_node) = (
+                PrivateKey::from_bytes([0xa1; 32]).public(),
+                PrivateKey::from_bytes([0xb1; 32]).public(),
+            );
+            let mut a = Disco::new(PrivateKey::generate());
+            let mut b = Disco::new(PrivateKey::generate());
             let now = Instant::now();
             a.set_node_key(a_node);
             b.set_node_key(b_node);
@@ -920,8 +923,8 @@ mod tests {
         assert_eq!(p.a.path(&p.b_node, p.now), Path::Derp(900));
         assert_eq!(p.a.stats().pongs_unmatched, 1);
         // A pong sealed with a key that is not B's does not even open.
-        let stranger = Disco::new(Key::generate_private());
-        let stranger_shared = SharedKey::new(&stranger.local.private.0, &p.a.public_key().0);
+        let stranger = Disco::new(PrivateKey::generate());
+        let stranger_shared = SharedKey::new(&stranger.local.private, &p.a.public_key().0);
         let fake = message::seal(
             &p.b.public_key(),
             &stranger_shared,
@@ -1050,7 +1053,7 @@ mod tests {
         p.a.note_send(&p.b_node, p.now);
         p.exchange(true);
         assert_eq!(p.a.path(&p.b_node, p.now), Path::Direct(addr(B_ADDR)));
-        let restarted = Disco::new(Key::generate_private());
+        let restarted = Disco::new(PrivateKey::generate());
         p.a.set_peers(
             &[PeerInfo {
                 node_key: p.b_node,
