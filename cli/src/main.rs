@@ -1,17 +1,21 @@
 //! One binary, two roles, chosen by the name it runs under (as busybox does):
 //! `tailscaled`/`ringscaled` is the daemon, `tailscale`/`ringscale` the CLI.
+//!
+//! - [`daemon`]: the `tailscaled` role: flags, the engine, the backend (control client,
+//!   netmap, the reconciler that owns the host side), the LocalAPI server;
+//! - [`cli`]: the `tailscale` role: the verbs, over the LocalAPI client;
+//! - [`localapi`]: the interface between the two (Go's `ipn/localapi` and
+//!   `client/local`): the shared types, the server half and the client half;
+//! - [`goflag`]: Go `flag` syntax, which both roles parse.
 
 // `deny`, not yet `forbid`: localapi/client.rs keeps one strerror call until it moves
 // into ringscale-sys (the only `allow` below `localapi`); then this becomes `forbid`.
 #![deny(unsafe_code)]
 
-mod backend;
-mod cmd;
-mod conffile;
+mod cli;
 mod daemon;
 mod goflag;
 mod localapi;
-mod logging;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -62,7 +66,7 @@ fn main() -> ExitCode {
     let rest = if skip_first { &rest[1..] } else { &rest[..] };
     match role {
         Role::Daemon => daemon::main(rest),
-        Role::Cli => cmd::main(rest),
+        Role::Cli => cli::main(rest),
     }
 }
 

@@ -443,7 +443,7 @@ fn cli_child() {
         return;
     };
     let args: Vec<String> = serde_json::from_str(&args).unwrap();
-    let code = crate::cmd::run(&args);
+    let code = crate::cli::run(&args);
     let _ = std::io::stdout().flush();
     std::process::exit(i32::from(code));
 }

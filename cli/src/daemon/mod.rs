@@ -1,9 +1,12 @@
 //! The daemon role (`tailscaled`): flags, then the engine.
 
-use crate::backend::{control_loop, LocalBackend};
-use crate::conffile;
+pub mod backend;
+pub mod conffile;
+mod logging;
+
 use crate::goflag::{self, Flag, FlagError};
 use crate::localapi;
+use backend::{control_loop, LocalBackend};
 use ringscale_control::state::{default_state_file, resolve_state_paths, StateStore};
 use ringscale_dataplane::{wgconfig, Config, Engine, EngineOptions, PrivateKey};
 use std::path::Path;
@@ -60,7 +63,7 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(verbose);
+    crate::daemon::logging::init(verbose);
     let port = match flags.num::<u16>("port") {
         Ok(p) => p,
         Err(e) => {
@@ -119,7 +122,7 @@ fn run_wg_config(path: &str, flags: &goflag::Parsed, port: u16, opts: EngineOpti
     };
     // quad-100 answers here too (with no names: a WireGuard config has no DNS).
     #[cfg(feature = "dns")]
-    let quad100 = crate::backend::dns::start_quad100(&engine, cfg.mtu);
+    let quad100 = crate::daemon::backend::dns::start_quad100(&engine, cfg.mtu);
     let sig = wait_for(&signals);
     log::info!("signal {sig}: shutting down");
     #[cfg(feature = "dns")]
@@ -180,12 +183,12 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
         }
     };
     // `state_dir` keeps the resolv.conf backup (none for `--state=mem:`).
-    let host_dns = crate::backend::dns::HostDns::open(
-        crate::backend::dns::RESOLV_CONF.into(),
+    let host_dns = crate::daemon::backend::dns::HostDns::open(
+        crate::daemon::backend::dns::RESOLV_CONF.into(),
         paths
             .var_root
             .as_deref()
-            .map(|d| d.join(crate::backend::dns::BACKUP_NAME)),
+            .map(|d| d.join(crate::daemon::backend::dns::BACKUP_NAME)),
     );
     let backend = match LocalBackend::new(store, engine.clone(), paths.ephemeral(), host_dns) {
         Ok(b) => Arc::new(b),
@@ -267,7 +270,7 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
 
 /// `--cleanup`: puts back the resolv.conf a crashed run left pointing at quad-100.
 fn cleanup_dns(flags: &goflag::Parsed) {
-    use crate::backend::dns::{cleanup, BACKUP_NAME, RESOLV_CONF};
+    use crate::daemon::backend::dns::{cleanup, BACKUP_NAME, RESOLV_CONF};
     let Ok(paths) = resolve_state_paths(
         flags.str("state"),
         flags.str("statedir"),
