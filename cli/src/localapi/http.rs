@@ -74,6 +74,33 @@ pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     Ok(Request::from_head(&head, body))
 }
 
+/// Answers a request that was refused before it was read to its end, then closes as
+/// Go's net/http does (`closeWriteAndWait`): our side is shut for writing and what the
+/// client still sends is read and dropped, for at most 500 ms and 256 KiB. Closing with
+/// unread data would reset the connection, and a reset can destroy the response before
+/// the client has read it.
+pub async fn refuse<R, W>(rd: &mut R, wr: &mut W, response: &[u8]) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    wr.write_all(response).await?;
+    wr.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    let mut budget: usize = 256 * 1024;
+    let drain = async {
+        while budget > 0 {
+            match rd.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+    Ok(())
+}
+
 /// Parses `a=1&b=x%20y`; pairs that fail to decode are dropped, as Go drops them.
 pub fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')

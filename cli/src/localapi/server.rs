@@ -382,7 +382,7 @@ async fn handle_connection<B: Backend + ?Sized>(stream: UnixStream, backend: &B)
     let req =
         match tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(&mut rd, MAX_BODY)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(resp)) => return wr.write_all(&resp.to_bytes(&[])).await,
+            Ok(Err(resp)) => return http::refuse(&mut rd, &mut wr, &resp.to_bytes(&[])).await,
             Err(_) => {
                 return wr
                     .write_all(&Response::error(408, "request timeout").to_bytes(&[]))

@@ -324,7 +324,9 @@ async fn handle_conn(
     let (mut rd, mut wr) = stream.into_split();
     let resp = match crate::localapi::http::read_request(&mut rd, MAX_DOH_BODY).await {
         Ok(req) => respond(&view, from, local, req).await,
-        Err(resp) => resp,
+        Err(resp) => {
+            return crate::localapi::http::refuse(&mut rd, &mut wr, &resp.to_bytes(&[])).await
+        }
     };
     wr.write_all(&resp.to_bytes(&[])).await?;
     wr.shutdown().await
