@@ -1,9 +1,7 @@
 //! One binary, two roles, chosen by the name it runs under (as busybox does):
 //! `tailscaled`/`ringscaled` is the daemon, `tailscale`/`ringscale` the CLI.
 
-// `deny`, not yet `forbid`: localapi/client.rs keeps one strerror call until it moves
-// into ringscale-sys (the only `allow` below `localapi`); then this becomes `forbid`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod backend;
 mod cmd;
