@@ -461,6 +461,9 @@ impl RecvMsg {
     /// The UDP_GRO control message's value, walking this value's own control buffer
     /// (not the header's pointer to it, which the value's moving would leave stale),
     /// bounded by the length the kernel wrote back.
+    // The casts are no-ops on glibc, where the lengths are size_t, but not on musl,
+    // where they are socklen_t.
+    #[allow(clippy::unnecessary_cast)]
     fn gro_segment(&self) -> usize {
         let capacity = std::mem::size_of_val(&self.control);
         let len = (self.msg.msg_controllen as usize).min(capacity);
