@@ -8,9 +8,7 @@
 //!   `client/local`): the shared types, the server half and the client half;
 //! - [`goflag`]: Go `flag` syntax, which both roles parse.
 
-// `deny`, not yet `forbid`: localapi/client.rs keeps one strerror call until it moves
-// into ringscale-sys (the only `allow` below `localapi`); then this becomes `forbid`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod cli;
 mod daemon;

@@ -15,13 +15,7 @@ const MSS: usize = 1228;
 const PAYLOAD: usize = 62_000;
 
 fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    ringscale_sys::process::thread_cpu_time().as_secs_f64()
 }
 
 /// A TSO read: virtio_net_hdr, IP + TCP with timestamps (32 bytes), payload.

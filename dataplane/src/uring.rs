@@ -32,13 +32,14 @@ use crate::worker::{
     GSO_MAX_SEGMENTS, MAX_PACKET, RX_OUT_BUFFER, TX_BUFFER,
 };
 use io_uring::{opcode, squeue, types, IoUring, Probe};
+use ringscale_sys::eventfd::EventFd;
 use ringscale_sys::tun::Tun;
-use ringscale_sys::udp::{self, RawAddr, SOL_UDP, UDP_GRO, UDP_SEGMENT};
+use ringscale_sys::udp::{self, RecvMsg};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -165,8 +166,8 @@ pub fn probe() -> Result<(), String> {
 /// file open until the kernel's asynchronous ring teardown, tens of milliseconds
 /// later, and a quick restart would find the old interface).
 pub struct Workers {
-    /// An eventfd every worker polls; written to stop them.
-    stop: OwnedFd,
+    /// An eventfd every worker polls; signalled to stop them.
+    stop: EventFd,
     /// Set with the eventfd, for a worker that fell back to blocking syscalls (those
     /// end when the engine wakes them: it shuts their socket and deletes the TUN).
     stopping: Arc<AtomicBool>,
@@ -175,11 +176,8 @@ pub struct Workers {
 
 impl Workers {
     pub fn new() -> io::Result<Workers> {
-        // SAFETY: plain eventfd(2); the fd is owned below.
-        let fd = ringscale_sys::cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
         Ok(Workers {
-            // SAFETY: a fresh descriptor nobody else owns.
-            stop: unsafe { OwnedFd::from_raw_fd(fd) },
+            stop: EventFd::new()?,
             stopping: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
         })
@@ -212,9 +210,7 @@ impl Workers {
     /// process).
     pub fn stop(&mut self, timeout: Duration) {
         self.stopping.store(true, Ordering::Relaxed);
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a local array to our eventfd.
-        let _ = unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
+        self.stop.signal();
         let end = Instant::now() + timeout;
         while Instant::now() < end && self.threads.iter().any(|t| !t.is_finished()) {
             std::thread::sleep(Duration::from_millis(2));
@@ -240,7 +236,7 @@ fn run(
     slot: &Arc<TableSlot>,
     tun: Tun,
     sock: UdpSocket,
-    stop: OwnedFd,
+    stop: EventFd,
     stopping: &Arc<AtomicBool>,
     off: Offloads,
     diverted: Arc<Diverted>,
@@ -299,126 +295,10 @@ fn fallback(
     }
 }
 
-/// The message header and what it points at for one SENDMSG in flight.
+/// One SENDMSG in flight: its message header, and the transmit buffer its data is in.
 struct SendSlot {
-    msg: libc::msghdr,
-    iov: libc::iovec,
-    addr: RawAddr,
-    control: [u64; 4],
-    /// The transmit buffer the data lives in.
+    msg: udp::SendMsg,
     buffer: usize,
-    segment: u16,
-}
-
-impl SendSlot {
-    fn new() -> SendSlot {
-        // SAFETY: msghdr, iovec and sockaddr_storage are plain data; zero is valid.
-        unsafe {
-            SendSlot {
-                msg: std::mem::zeroed(),
-                iov: std::mem::zeroed(),
-                addr: RawAddr {
-                    storage: std::mem::zeroed(),
-                    len: 0,
-                },
-                control: [0; 4],
-                buffer: 0,
-                segment: 0,
-            }
-        }
-    }
-
-    /// Points the header at `data` for `to`, with a UDP_SEGMENT control message when the
-    /// kernel is to split it.
-    fn fill(&mut self, to: SocketAddr, data: &[u8], segment: u16) {
-        self.addr = RawAddr::from(to);
-        self.iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // SAFETY: plain data.
-        self.msg = unsafe { std::mem::zeroed() };
-        self.msg.msg_name = (&mut self.addr.storage as *mut libc::sockaddr_storage).cast();
-        self.msg.msg_namelen = self.addr.len;
-        self.msg.msg_iov = &mut self.iov;
-        self.msg.msg_iovlen = 1;
-        self.segment = 0;
-        if segment > 0 && data.len() > usize::from(segment) {
-            self.segment = segment;
-            self.control = [0; 4];
-            self.msg.msg_control = self.control.as_mut_ptr().cast();
-            // SAFETY: CMSG_* compute sizes and walk the control buffer we own, which is
-            // larger than CMSG_SPACE(2).
-            unsafe {
-                self.msg.msg_controllen = libc::CMSG_SPACE(2) as _;
-                let cmsg = libc::CMSG_FIRSTHDR(&self.msg);
-                (*cmsg).cmsg_level = SOL_UDP;
-                (*cmsg).cmsg_type = UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
-            }
-        }
-    }
-}
-
-/// The message header of the receive in flight.
-struct RecvSlot {
-    msg: libc::msghdr,
-    iov: libc::iovec,
-    addr: libc::sockaddr_storage,
-    control: [u64; 8],
-}
-
-impl RecvSlot {
-    fn new() -> RecvSlot {
-        // SAFETY: plain data; zero is valid.
-        unsafe {
-            RecvSlot {
-                msg: std::mem::zeroed(),
-                iov: std::mem::zeroed(),
-                addr: std::mem::zeroed(),
-                control: [0; 8],
-            }
-        }
-    }
-
-    fn prepare(&mut self, buf: &mut [u8]) {
-        self.iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: plain data.
-        self.msg = unsafe { std::mem::zeroed() };
-        self.msg.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
-        self.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-        self.msg.msg_iov = &mut self.iov;
-        self.msg.msg_iovlen = 1;
-        self.msg.msg_control = self.control.as_mut_ptr().cast();
-        self.msg.msg_controllen = std::mem::size_of_val(&self.control) as _;
-    }
-
-    /// The sender and the GRO segment size (0: one datagram) of a completed receive.
-    fn result(&self) -> Option<(SocketAddr, usize)> {
-        let addr = RawAddr {
-            storage: self.addr,
-            len: self.msg.msg_namelen,
-        };
-        let from = udp::canonical(addr.to_socket_addr()?);
-        let mut segment = 0usize;
-        // SAFETY: walking the control buffer the kernel filled, bounded by the
-        // msg_controllen it wrote back.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&self.msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
-                    segment = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int)
-                        .max(0) as usize;
-                }
-                cmsg = libc::CMSG_NXTHDR(&self.msg, cmsg);
-            }
-        }
-        Some((from, segment))
-    }
 }
 
 /// The transmit side's buffers and message headers.
@@ -461,9 +341,10 @@ impl Transmit for UringTx<'_> {
         let current = self.tx.current;
         let data = &self.tx.bufs[current][run.range.clone()];
         let slot = &mut self.tx.slots[i];
-        slot.fill(udp::for_socket(self.is_v6, run.to), data, run.segment);
+        slot.msg
+            .fill(udp::for_socket(self.is_v6, run.to), data, run.segment);
         slot.buffer = current;
-        let sqe = opcode::SendMsg::new(types::Fd(self.sock), &slot.msg)
+        let sqe = opcode::SendMsg::new(types::Fd(self.sock), slot.msg.as_ptr())
             .build()
             .user_data(user_data(OP_SEND, i, data.len()));
         if push(self.ring, &sqe) {
@@ -504,7 +385,8 @@ fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> bool {
     for _ in 0..2 {
         // SAFETY: every pointer in the worker's submissions refers to memory the
         // worker owns, which stays in place and untouched until the completion (see
-        // the module comment).
+        // the module comment): the buffers and the boxed SendMsg/RecvMsg headers
+        // (ringscale_sys::udp states the rules a header's submission must keep).
         if unsafe { ring.submission().push(sqe) }.is_ok() {
             return true;
         }
@@ -518,21 +400,9 @@ fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> bool {
 
 /// A datagram WireGuard answers with (handshake, cookie, keepalive): rare, so sent
 /// directly, without waiting if the socket buffer is full.
-fn send_now(sock: RawFd, is_v6: bool, to: SocketAddr, data: &[u8]) {
-    let addr = RawAddr::from(udp::for_socket(is_v6, to));
-    // SAFETY: the pointers describe `data` and `addr`, valid for the call.
-    let r = unsafe {
-        libc::sendto(
-            sock,
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_DONTWAIT,
-            (&addr.storage as *const libc::sockaddr_storage).cast(),
-            addr.len,
-        )
-    };
-    if r < 0 {
-        log::debug!("send to {to}: {}", io::Error::last_os_error());
+fn send_now(sock: &UdpSocket, is_v6: bool, to: SocketAddr, data: &[u8]) {
+    if let Err(e) = udp::send_to_nonblocking(sock, udp::for_socket(is_v6, to), data) {
+        log::debug!("send to {to}: {e}");
     }
 }
 
@@ -555,7 +425,7 @@ struct Worker {
     off: Offloads,
     diverted: Arc<Diverted>,
     /// The eventfd that says stop, and whether a poll on it is posted.
-    stop: OwnedFd,
+    stop: EventFd,
     stop_posted: bool,
     stopping: bool,
 
@@ -570,7 +440,7 @@ struct Worker {
 
     // Network → TUN.
     recv_bufs: Vec<Box<[u8]>>,
-    recv_slots: Box<[RecvSlot]>,
+    recv_slots: Box<[RecvMsg]>,
     recv_state: [Slot; RECVS],
     /// Completed receives (buffer, length, sender, GRO segment size) in completion
     /// order, waiting for an output buffer.
@@ -589,7 +459,7 @@ impl Worker {
         ring: IoUring,
         tun: Tun,
         sock: UdpSocket,
-        stop: OwnedFd,
+        stop: EventFd,
         off: Offloads,
         diverted: Arc<Diverted>,
     ) -> io::Result<Worker> {
@@ -616,12 +486,17 @@ impl Worker {
                 bufs: (0..TX_BUFFERS).map(|_| buf(TX_BUFFER)).collect(),
                 inflight: [0; TX_BUFFERS],
                 current: 0,
-                slots: (0..SEND_SLOTS).map(|_| SendSlot::new()).collect(),
+                slots: (0..SEND_SLOTS)
+                    .map(|_| SendSlot {
+                        msg: udp::SendMsg::new(),
+                        buffer: 0,
+                    })
+                    .collect(),
                 free: (0..SEND_SLOTS).rev().collect(),
                 gso: off.udp_gso,
             },
             recv_bufs: (0..RECVS).map(|_| buf(MAX_PACKET)).collect(),
-            recv_slots: (0..RECVS).map(|_| RecvSlot::new()).collect(),
+            recv_slots: (0..RECVS).map(|_| RecvMsg::new()).collect(),
             recv_state: [Slot::Idle; RECVS],
             recvs_ready: VecDeque::with_capacity(RECVS),
             recv_errors: 0,
@@ -733,7 +608,7 @@ impl Worker {
                 };
                 self.recvs_ready.pop_front();
                 self.recv_state[i] = Slot::Idle;
-                let (sock, is_v6) = (self.sock.as_raw_fd(), self.is_v6);
+                let (sock, is_v6) = (&self.sock, self.is_v6);
                 let diverted = &self.diverted;
                 self.dec.process(
                     &table,
@@ -777,7 +652,7 @@ impl Worker {
             }
             let recv = &mut self.recv_slots[i];
             recv.prepare(&mut self.recv_bufs[i]);
-            let sqe = opcode::RecvMsg::new(types::Fd(self.sock.as_raw_fd()), &mut recv.msg)
+            let sqe = opcode::RecvMsg::new(types::Fd(self.sock.as_raw_fd()), recv.as_mut_ptr())
                 .build()
                 .user_data(user_data(OP_UDP_RECV, i, 0));
             if push(&mut self.ring, &sqe) {
@@ -852,7 +727,7 @@ impl Worker {
                 }
                 self.recv_errors = 0;
                 let recv = &self.recv_slots[index];
-                if recv.msg.msg_flags & libc::MSG_TRUNC != 0 {
+                if recv.truncated() {
                     log::debug!("udp receive truncated: dropped");
                     return;
                 }
@@ -869,7 +744,7 @@ impl Worker {
                 let Some(slot) = self.tx.slots.get(index) else {
                     return;
                 };
-                let (buffer, segment) = (slot.buffer, slot.segment);
+                let (buffer, segment) = (slot.buffer, slot.msg.segment());
                 self.tx.inflight[buffer] = self.tx.inflight[buffer].saturating_sub(1);
                 self.tx.free.push(index);
                 match err {

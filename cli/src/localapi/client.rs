@@ -74,20 +74,19 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Go prints syscall errors in lower case without Rust's "(os error N)".
+/// Go prints syscall errors in lower case without Rust's "(os error N)". std's text for
+/// an errno is strerror's (it calls strerror_r) followed by " (os error N)".
 fn errno_text(e: &io::Error) -> String {
     let Some(code) = e.raw_os_error() else {
         return e.to_string();
     };
-    // SAFETY: strerror returns a pointer to a NUL-terminated static or thread-local
-    // string, valid until the next strerror call on this thread; we copy it at once.
-    let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
-        .to_string_lossy()
-        .into_owned();
+    let full = io::Error::from_raw_os_error(code).to_string();
+    let suffix = format!(" (os error {code})");
+    let text = full.strip_suffix(&suffix).unwrap_or(&full);
     let mut chars = text.chars();
     match chars.next() {
         Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => text,
+        None => text.to_string(),
     }
 }
 

@@ -11,8 +11,6 @@
 // through it; the CLI uses the client half.
 #[cfg_attr(not(test), allow(dead_code))]
 pub mod access;
-// Its strerror call is the binary crate's last `unsafe`, to move into ringscale-sys.
-#[allow(unsafe_code)]
 pub mod client;
 #[cfg_attr(not(test), allow(dead_code))]
 pub mod forwarding;

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod checksum;
 pub mod cred;
+pub mod eventfd;
 pub mod fwmark;
 pub mod ifaddrs;
 pub mod netlink;

@@ -291,3 +291,276 @@ pub fn recv_segmented(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, So
     }
     Ok((n, from, segment))
 }
+
+/// Sends `data` to `to` without waiting: a full socket buffer is an error
+/// (`WouldBlock`), not a wait. For the rare datagrams sent outside a batch.
+pub fn send_to_nonblocking(sock: &UdpSocket, to: SocketAddr, data: &[u8]) -> io::Result<usize> {
+    let addr = RawAddr::from(to);
+    // SAFETY: the pointers describe `data` and `addr`, both valid for the call.
+    super::cvt_size(unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT,
+            addr.as_ptr(),
+            addr.len,
+        )
+    })
+}
+
+/// The message header of one SENDMSG handed to the kernel asynchronously (io_uring):
+/// the header, its iovec, the destination and the UDP_SEGMENT control message, kept
+/// together so that they live as long as the operation.
+///
+/// The header points into this value and at the data given to [`SendMsg::fill`]: the
+/// value must not move, nor the data change or go away, between `fill` and the
+/// operation's completion. Submitting [`SendMsg::as_ptr`] is the caller's unsafe act,
+/// and the place where those rules are kept; nothing here reads through the pointers.
+pub struct SendMsg {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    addr: RawAddr,
+    control: [u64; 4],
+    segment: u16,
+}
+
+impl SendMsg {
+    pub fn new() -> SendMsg {
+        // SAFETY: msghdr, iovec and sockaddr_storage are plain data; zero is valid.
+        unsafe {
+            SendMsg {
+                msg: std::mem::zeroed(),
+                iov: std::mem::zeroed(),
+                addr: RawAddr {
+                    storage: std::mem::zeroed(),
+                    len: 0,
+                },
+                control: [0; 4],
+                segment: 0,
+            }
+        }
+    }
+
+    /// Points the header at `data` for `to`, with a UDP_SEGMENT control message when the
+    /// kernel is to split it into datagrams of `segment` bytes.
+    pub fn fill(&mut self, to: SocketAddr, data: &[u8], segment: u16) {
+        self.addr = RawAddr::from(to);
+        self.iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: plain data; zero is valid.
+        self.msg = unsafe { std::mem::zeroed() };
+        self.msg.msg_name = (&mut self.addr.storage as *mut libc::sockaddr_storage).cast();
+        self.msg.msg_namelen = self.addr.len;
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.segment = 0;
+        if segment > 0 && data.len() > usize::from(segment) {
+            self.segment = segment;
+            self.control = [0; 4];
+            self.msg.msg_control = self.control.as_mut_ptr().cast();
+            // SAFETY: CMSG_* compute sizes and walk the control buffer just set, which
+            // is ours and larger than CMSG_SPACE(2), so the first header and its two
+            // data bytes lie inside it.
+            unsafe {
+                self.msg.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(&self.msg);
+                (*cmsg).cmsg_level = SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
+            }
+        }
+    }
+
+    /// The segment size the last `fill` asked the kernel for (0: one datagram).
+    pub fn segment(&self) -> u16 {
+        self.segment
+    }
+
+    /// The header, for IORING_OP_SENDMSG (see the type's rules).
+    pub fn as_ptr(&self) -> *const libc::msghdr {
+        &self.msg
+    }
+}
+
+impl Default for SendMsg {
+    fn default() -> SendMsg {
+        SendMsg::new()
+    }
+}
+
+/// The message header of one RECVMSG handed to the kernel asynchronously (io_uring):
+/// the header, its iovec, room for the sender's address and for the UDP_GRO control
+/// message.
+///
+/// The header points into this value and at the buffer given to
+/// [`RecvMsg::prepare`]: the value must not move, nor the buffer be touched or go
+/// away, between `prepare` and the operation's completion. Submitting
+/// [`RecvMsg::as_mut_ptr`] is the caller's unsafe act; reading the result here does
+/// not go through the header's pointers, so it is sound whenever it is called.
+pub struct RecvMsg {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    addr: libc::sockaddr_storage,
+    control: [u64; 8],
+}
+
+impl RecvMsg {
+    pub fn new() -> RecvMsg {
+        // SAFETY: plain data; zero is valid.
+        unsafe {
+            RecvMsg {
+                msg: std::mem::zeroed(),
+                iov: std::mem::zeroed(),
+                addr: std::mem::zeroed(),
+                control: [0; 8],
+            }
+        }
+    }
+
+    /// Points the header at `buf`, with room for the sender and a control message.
+    pub fn prepare(&mut self, buf: &mut [u8]) {
+        self.iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: plain data; zero is valid.
+        self.msg = unsafe { std::mem::zeroed() };
+        self.msg.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
+        self.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_control = self.control.as_mut_ptr().cast();
+        self.msg.msg_controllen = std::mem::size_of_val(&self.control) as _;
+    }
+
+    /// The header, for IORING_OP_RECVMSG (see the type's rules).
+    pub fn as_mut_ptr(&mut self) -> *mut libc::msghdr {
+        &mut self.msg
+    }
+
+    /// Did the completed receive not fit the buffer (MSG_TRUNC)?
+    pub fn truncated(&self) -> bool {
+        self.msg.msg_flags & libc::MSG_TRUNC != 0
+    }
+
+    /// The sender (v4-mapped addresses made plain IPv4) and the GRO segment size (0:
+    /// one datagram) of a completed receive; None for an unknown address family.
+    pub fn result(&self) -> Option<(SocketAddr, usize)> {
+        let addr = RawAddr {
+            storage: self.addr,
+            len: self.msg.msg_namelen,
+        };
+        let from = canonical(addr.to_socket_addr()?);
+        Some((from, self.gro_segment()))
+    }
+
+    /// The UDP_GRO control message's value, walking this value's own control buffer
+    /// (not the header's pointer to it, which the value's moving would leave stale),
+    /// bounded by the length the kernel wrote back.
+    // The casts are no-ops on glibc, where the lengths are size_t, but not on musl,
+    // where they are socklen_t.
+    #[allow(clippy::unnecessary_cast)]
+    fn gro_segment(&self) -> usize {
+        let capacity = std::mem::size_of_val(&self.control);
+        let len = (self.msg.msg_controllen as usize).min(capacity);
+        // SAFETY: plain data; zero is valid.
+        let mut walk: libc::msghdr = unsafe { std::mem::zeroed() };
+        walk.msg_control = self.control.as_ptr() as *mut libc::c_void;
+        walk.msg_controllen = len as _;
+        let end = self.control.as_ptr() as usize + len;
+        let mut segment = 0usize;
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return only headers that lie inside the
+        // `len` bytes of our control buffer (or null); the value is read only when the
+        // header's length covers it and it lies inside the buffer too.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&walk);
+            while !cmsg.is_null() {
+                let data = libc::CMSG_DATA(cmsg);
+                let value_end = data as usize + std::mem::size_of::<libc::c_int>();
+                if (*cmsg).cmsg_level == SOL_UDP
+                    && (*cmsg).cmsg_type == UDP_GRO
+                    && (*cmsg).cmsg_len as usize
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize
+                    && value_end <= end
+                {
+                    segment = std::ptr::read_unaligned(data as *const libc::c_int).max(0) as usize;
+                }
+                cmsg = libc::CMSG_NXTHDR(&walk, cmsg);
+            }
+        }
+        segment
+    }
+}
+
+impl Default for RecvMsg {
+    fn default() -> RecvMsg {
+        RecvMsg::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A SendMsg with a segment size goes out as separate datagrams of that size (or
+    /// one GRO batch that says so), and a RecvMsg reports the sender and the size.
+    #[test]
+    fn message_headers_carry_segments_and_sender() {
+        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let gro = enable_gro(&rx);
+        let data: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let mut send = SendMsg::new();
+        send.fill(rx.local_addr().unwrap(), &data, 100);
+        assert_eq!(send.segment(), 100);
+        // SAFETY: `send` and `data` stay in place for the whole call.
+        let sent =
+            super::super::cvt_size(unsafe { libc::sendmsg(tx.as_raw_fd(), send.as_ptr(), 0) });
+        assert_eq!(sent.unwrap(), 250);
+
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 2000];
+        let mut recv = RecvMsg::new();
+        for _ in 0..3 {
+            recv.prepare(&mut buf);
+            // SAFETY: `recv` and `buf` stay in place for the whole call.
+            let n = super::super::cvt_size(unsafe {
+                libc::recvmsg(rx.as_raw_fd(), recv.as_mut_ptr(), 0)
+            })
+            .unwrap();
+            assert!(!recv.truncated());
+            let (from, segment) = recv.result().unwrap();
+            assert_eq!(from, tx.local_addr().unwrap());
+            if n > 100 {
+                assert!(gro && segment == 100, "{n} bytes, segment {segment}");
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() >= data.len() {
+                break;
+            }
+        }
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn send_to_nonblocking_delivers() {
+        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            send_to_nonblocking(&tx, rx.local_addr().unwrap(), b"hello").unwrap(),
+            5
+        );
+        let mut buf = [0u8; 16];
+        let (n, from) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"hello"[..], tx.local_addr().unwrap()));
+    }
+}
