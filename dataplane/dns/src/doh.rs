@@ -2,8 +2,9 @@
 //! the forwarder's threads: an exit node's PeerAPI (`http://100.x.y.z:port/dns-query`,
 //! over the tailnet) and public or private resolvers (`https://host/path`).
 //!
-//! The data plane has no TLS of its own: the binary installs an [`HttpsConnector`] at
-//! start when it is built with TLS (the `ringscale` crate's `tls` feature). It finds the
+//! This crate has no TLS of its own: the binary passes an [`HttpsConnector`] in (a
+//! [`Https`] value, through the forwarder and quad-100) when it is built with TLS (the
+//! `ringscale` crate's `tls` feature); there is no global hook. The connector finds the
 //! server's addresses (an https server's name must not be resolved through the system
 //! resolver, which is quad-100 itself once the host points at it), connects with
 //! [`connect_any`] and runs TLS; the HTTP exchange is the same as for plain http.
@@ -20,7 +21,6 @@ use ringscale_http1::{blocking, BodyDecoder, HeadWriter, ReadError, ResponseHead
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Largest answer accepted from a DoH server.
@@ -37,12 +37,8 @@ pub trait HttpsConnector: Send + Sync {
     fn connect(&self, url: &DohUrl, deadline: Instant) -> io::Result<Box<dyn Stream>>;
 }
 
-static HTTPS: OnceLock<&'static dyn HttpsConnector> = OnceLock::new();
-
-/// Installs the client for `https://` upstreams (once; false if one was already).
-pub fn set_https_connector(https: &'static dyn HttpsConnector) -> bool {
-    HTTPS.set(https).is_ok()
-}
+/// The client for `https://` upstreams, if this build has one.
+pub type Https = Option<&'static dyn HttpsConnector>;
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
@@ -154,12 +150,13 @@ pub fn is_tailnet_addr(ip: IpAddr) -> bool {
     }
 }
 
-/// Resolves `query` at the DoH server of `url` within `timeout`.
-pub fn query(url: &str, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+/// Resolves `query` at the DoH server of `url` within `timeout`; `https` connects to
+/// `https://` servers.
+pub fn query(url: &str, query: &[u8], timeout: Duration, https: Https) -> io::Result<Vec<u8>> {
     let deadline = Instant::now() + timeout;
     let parsed = DohUrl::parse(url)?;
     let mut stream: Box<dyn Stream> = if parsed.https {
-        let https = HTTPS.get().ok_or_else(|| {
+        let https = https.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
                 "https DoH upstreams need a build with the `tls` feature",
@@ -414,7 +411,7 @@ mod tests {
         });
         let q = wire::build_query(0x7777, "exit.example.", wire::TYPE_A).unwrap();
         let url = format!("http://127.0.0.1:{port}/dns-query");
-        let a = query(&url, &q, Duration::from_secs(5)).unwrap();
+        let a = query(&url, &q, Duration::from_secs(5), None).unwrap();
         assert_eq!(&a[..2], &[0x77, 0x77]);
         let head = server.join().unwrap();
         assert!(head.starts_with("POST /dns-query HTTP/1.1"));
@@ -431,6 +428,7 @@ mod tests {
             &format!("http://127.0.0.1:{port}/"),
             &q,
             Duration::from_secs(5),
+            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("502"), "{e}");
@@ -441,6 +439,7 @@ mod tests {
             &format!("http://127.0.0.1:{port}/"),
             &q,
             Duration::from_secs(5),
+            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("content type"), "{e}");
@@ -479,13 +478,25 @@ mod tests {
 
     #[test]
     fn https_without_tls_in_the_build_is_refused_with_a_reason() {
-        // The data plane's own tests never install a TLS connector.
+        // Without a connector (a build without TLS) https upstreams are refused.
         let q = wire::build_query(1, "a.", wire::TYPE_A).unwrap();
-        let e = query("https://192.0.2.1/dns-query", &q, Duration::from_secs(1)).unwrap_err();
+        let e = query(
+            "https://192.0.2.1/dns-query",
+            &q,
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Unsupported);
         assert!(e.to_string().contains("tls"), "{e}");
         // Plain http (an exit node's PeerAPI) is always named by its address.
-        let e = query("http://peer.example/dns-query", &q, Duration::from_secs(1)).unwrap_err();
+        let e = query(
+            "http://peer.example/dns-query",
+            &q,
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("IP address"), "{e}");
     }
 }

@@ -50,8 +50,8 @@ impl fmt::Display for ForwardError {
 impl std::error::Error for ForwardError {}
 
 /// Runs forwarded queries on threads, at most [`MAX_IN_FLIGHT`] at once.
-#[derive(Debug, Default)]
 pub struct Forwarder {
+    https: doh::Https,
     in_flight: AtomicUsize,
 }
 
@@ -65,8 +65,12 @@ impl Drop for Slot {
 }
 
 impl Forwarder {
-    pub fn new() -> Arc<Forwarder> {
-        Arc::new(Forwarder::default())
+    /// `https` connects to `https://` DoH upstreams (None: this build has no TLS).
+    pub fn new(https: doh::Https) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            https,
+            in_flight: AtomicUsize::new(0),
+        })
     }
 
     /// Resolves `query` through `upstreams` on a new thread and calls `done` with the
@@ -83,12 +87,13 @@ impl Forwarder {
             return;
         }
         let slot = Slot(self.clone());
+        let https = self.https;
         let spawned = std::thread::Builder::new()
             .name("dns-forward".into())
             .stack_size(128 * 1024)
             .spawn(move || {
                 let _slot = slot;
-                done(resolve(&query, &upstreams, QUERY_TIMEOUT));
+                done(resolve(&query, &upstreams, QUERY_TIMEOUT, https));
             });
         if let Err(e) = spawned {
             // The closure (and with it `done` and the slot) is dropped: the caller's
@@ -107,6 +112,7 @@ pub fn resolve(
     query: &[u8],
     upstreams: &[Upstream],
     timeout: Duration,
+    https: doh::Https,
 ) -> Result<Vec<u8>, ForwardError> {
     if upstreams.is_empty() {
         return Err(ForwardError::NoUpstreams);
@@ -121,7 +127,7 @@ pub fn resolve(
         let attempt = left.min(ATTEMPT_TIMEOUT);
         let result = match up {
             Upstream::Dns(addr) => query_dns(*addr, query, attempt),
-            Upstream::Doh(url) => doh::query(url, query, attempt),
+            Upstream::Doh(url) => doh::query(url, query, attempt, https),
         };
         match result {
             Ok(answer) => return Ok(answer),
@@ -324,12 +330,12 @@ mod tests {
         let dead = Upstream::Dns(silent.local_addr().unwrap());
         let live = Upstream::Dns(udp_server(|q| answer_to(q, false)));
         let q = wire::build_query(1, "example.com.", wire::TYPE_A).unwrap();
-        let a = resolve(&q, &[dead.clone(), live], Duration::from_secs(8)).unwrap();
+        let a = resolve(&q, &[dead.clone(), live], Duration::from_secs(8), None).unwrap();
         assert_eq!(&a[..2], &q[..2]);
-        let e = resolve(&q, &[dead], Duration::from_millis(300)).unwrap_err();
+        let e = resolve(&q, &[dead], Duration::from_millis(300), None).unwrap_err();
         assert!(matches!(e, ForwardError::Failed(_)), "{e}");
         assert!(matches!(
-            resolve(&q, &[], QUERY_TIMEOUT),
+            resolve(&q, &[], QUERY_TIMEOUT, None),
             Err(ForwardError::NoUpstreams)
         ));
     }

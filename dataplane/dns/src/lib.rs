@@ -7,7 +7,8 @@
 //! * [`forward`]: sending a query to upstream resolvers (UDP with TCP retry, DoH),
 //!   blocking, on threads of its own;
 //! * [`doh`]: DNS over HTTP(S) upstreams; `https://` ones through the connector the
-//!   binary installs (TLS, and finding the servers without asking quad-100);
+//!   binary passes in ([`doh::Https`]: TLS, and finding the servers without asking
+//!   quad-100);
 //! * `quad100` (feature `quad100`): the service itself: packets to quad-100 taken off the
 //!   WireGuard path, a small smoltcp interface with UDP and TCP port 53 (and ICMP
 //!   echo), replies written back to the TUN.

@@ -9,6 +9,7 @@
 //! answers come back through the same queue, so this thread never waits on the
 //! network.
 
+use super::doh::Https;
 use super::forward::{ForwardError, Forwarder};
 use super::resolver::{servfail, Action, Resolver, ResolverConfig};
 use super::{QUAD100_V4, QUAD100_V6};
@@ -92,9 +93,9 @@ impl Quad100 {
     /// Starts quad-100 on `engine`'s TUN: packets to its two addresses are taken off
     /// the WireGuard path and answered here, and both addresses are routed into the TUN.
     /// A missing route costs MagicDNS over that family, not the service: it is logged.
-    pub fn attach(engine: &Engine, mtu: u16) -> io::Result<Quad100> {
+    pub fn attach(engine: &Engine, mtu: u16, https: Https) -> io::Result<Quad100> {
         let (tun, vnet_hdr) = engine.tun_writer()?;
-        let svc = Quad100::start(tun, vnet_hdr, mtu)?;
+        let svc = Quad100::start(tun, vnet_hdr, mtu, https)?;
         engine.set_local_service(svc.local_service(), &[QUAD100_V4.into(), QUAD100_V6.into()]);
         for net in [
             IpNetwork::new(QUAD100_V4, 32).expect("a /32"),
@@ -109,10 +110,10 @@ impl Quad100 {
 
     /// Starts the service thread. Replies are written to `tun` (with a zeroed
     /// virtio_net_hdr in front when `vnet_hdr`); `mtu` is the TUN's.
-    pub fn start(tun: Tun, vnet_hdr: bool, mtu: u16) -> io::Result<Quad100> {
+    pub fn start(tun: Tun, vnet_hdr: bool, mtu: u16, https: Https) -> io::Result<Quad100> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let resolver = Arc::new(Mutex::new(Arc::new(Resolver::default())));
-        let mut svc = Service::new(tx.clone(), resolver.clone(), tun, vnet_hdr, mtu);
+        let mut svc = Service::new(tx.clone(), resolver.clone(), tun, vnet_hdr, mtu, https);
         let thread = std::thread::Builder::new()
             .name("quad-100".into())
             .spawn(move || svc.run(rx))?;
@@ -240,6 +241,7 @@ impl Service {
         tun: Tun,
         vnet_hdr: bool,
         mtu: u16,
+        https: Https,
     ) -> Service {
         let epoch = Instant::now();
         let mut dev = Queue {
@@ -301,7 +303,7 @@ impl Service {
         Service {
             tx,
             resolver,
-            forwarder: Forwarder::new(),
+            forwarder: Forwarder::new(https),
             tun,
             vnet_hdr,
             dev,

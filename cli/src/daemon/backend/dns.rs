@@ -77,8 +77,6 @@ impl Dns {
     /// (read only here, for the nameservers quad-100 forwards to).
     #[cfg_attr(not(feature = "dns"), allow(unused_variables))]
     pub fn new(engine: &ringscale_dataplane::Engine, host: &HostDns) -> Dns {
-        #[cfg(feature = "tls")]
-        ringscale_dns::doh::set_https_connector(&super::doh_https::CONNECTOR);
         Dns {
             #[cfg(feature = "dns")]
             quad100: start_quad100(engine, ringscale_dataplane::config::DEFAULT_MTU),
@@ -161,13 +159,26 @@ pub fn start_quad100(
     engine: &ringscale_dataplane::Engine,
     mtu: u16,
 ) -> Option<ringscale_dns::quad100::Quad100> {
-    match ringscale_dns::quad100::Quad100::attach(engine, mtu) {
+    match ringscale_dns::quad100::Quad100::attach(engine, mtu, https_connector()) {
         Ok(q) => Some(q),
         Err(e) => {
             log::error!("quad-100 (MagicDNS) not started: {e}");
             None
         }
     }
+}
+
+/// The client for `https://` DoH upstreams that quad-100's forwarder and the PeerAPI's
+/// DoH use: TLS through the control client's configuration (with the `tls` feature).
+#[cfg(feature = "tls")]
+pub fn https_connector() -> ringscale_dns::doh::Https {
+    Some(&super::doh_https::CONNECTOR)
+}
+
+/// Without TLS in the build, `https://` DoH upstreams are refused with a reason.
+#[cfg(not(feature = "tls"))]
+pub fn https_connector() -> ringscale_dns::doh::Https {
+    None
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -454,8 +465,10 @@ async fn doh_answer(
             .unwrap_or_default(),
     };
     let q2 = query.clone();
-    let res =
-        tokio::task::spawn_blocking(move || forward::resolve(&q2, &upstreams, DOH_TIMEOUT)).await;
+    let res = tokio::task::spawn_blocking(move || {
+        forward::resolve(&q2, &upstreams, DOH_TIMEOUT, https_connector())
+    })
+    .await;
     match res {
         Ok(Ok(a)) => Some(a),
         Ok(Err(e)) => {

@@ -1,5 +1,6 @@
-//! `https://` DoH upstreams for quad-100's forwarder (feature `tls`): the data plane
-//! speaks RFC 8484 over any stream ([`doh`]) but has no TLS; this lends it the control
+//! `https://` DoH upstreams for quad-100's forwarder and the PeerAPI (feature `tls`):
+//! ringscale-dns speaks RFC 8484 over any stream ([`doh`]) but has no TLS; this lends it
+//! (as a value, `super::dns::https_connector`) the control
 //! connection's rustls (system CA bundle, or the file `SSL_CERT_FILE` names as Go
 //! honours it, compiled-in roots as the fallback) and finds the servers.
 //!
@@ -10,8 +11,8 @@
 //! then the DNSConfig's plain-IP fallback resolvers. (Go refuses https URLs of
 //! providers it does not know; we resolve them instead.)
 //!
-//! This lives in the binary rather than the data plane for size too: the data plane is
-//! built for speed (opt-level 3), and this table and lookup are cold code.
+//! This lives in the binary because it uses the control client's TLS configuration;
+//! ringscale-dns does not depend on the control crates.
 
 use ringscale_control::netmap::NetMap;
 use ringscale_dns::doh::{self, DohUrl, HttpsConnector, Stream};
@@ -27,7 +28,7 @@ const BOOTSTRAP_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Names kept in that cache (a tailnet names a handful of resolvers).
 const BOOTSTRAP_CACHE_MAX: usize = 16;
 
-/// The one connector, installed by [`super::dns::Dns::new`].
+/// The one connector, handed to quad-100 and the PeerAPI by [`super::dns::https_connector`].
 pub static CONNECTOR: HttpsDoh = HttpsDoh::new();
 
 /// Names looked up: (name, when, addresses); a handful, so a list.
