@@ -17,8 +17,8 @@ impl Ipv4Capture {
         let protocol = (libc::ETH_P_IP as u16).to_be() as libc::c_int;
         let fd = crate::socket(libc::AF_PACKET, libc::SOCK_DGRAM, protocol)?;
         let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+            tv_sec: timeout.as_secs() as _,
+            tv_usec: timeout.subsec_micros() as _,
         };
         // SAFETY: setsockopt reads a timeval of the stated size, valid for the call.
         crate::cvt(unsafe {
