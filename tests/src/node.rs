@@ -55,6 +55,26 @@ pub fn start_control(options: Options) -> ControlServer {
     ControlServer::start(options).expect("start the test control server in the hub namespace")
 }
 
+/// A control server on `lan` that approves advertised routes and exit nodes at once
+/// (what the exit-node and host-side tests need).
+pub fn start_control_approving(lan: &Lan, auth_key: &str) -> ControlServer {
+    start_control(Options {
+        auto_approve_routes: true,
+        auto_approve_exit_nodes: true,
+        ..control_options(lan, auth_key)
+    })
+}
+
+/// What a daemon may change on the host of `ns` (nftables, policy rules, table 52), as
+/// text: equal before the daemon starts and after it is gone.
+pub fn host_state(ns: &Netns) -> String {
+    let out = ns.try_sh(
+        "nft list ruleset; echo ---; ip rule; echo ---; ip -6 rule; echo ---; \
+         ip route show table 52; echo ---; ip -6 route show table 52",
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The URL nodes on `lan` use for the control server of [`control_options`].
 pub fn control_url(lan: &Lan) -> String {
     format!("http://{}:{CONTROL_PORT}", lan.hub_addr())

@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ringscale_control::hostconfig::CAP_DISABLE_CGNAT_DROP;
-use ringscale_tests::control_server::{ControlServer, Options};
+use ringscale_tests::control_server::ControlServer;
 use ringscale_tests::node::{self, v4_of, Daemon, TUN};
 use ringscale_tests::testbed::{self, wait_until, Lan, Netns, NsResolvConf, TempDir};
 
@@ -39,20 +39,7 @@ const EXIT_BOUND: Duration = Duration::from_secs(5);
 const CGNAT_DROP: &str = r#"iifname != "tailscale0" ip saddr 100.64.0.0/10 drop"#;
 
 fn start_control(lan: &Lan) -> ControlServer {
-    node::start_control(Options {
-        auto_approve_routes: true,
-        auto_approve_exit_nodes: true,
-        ..node::control_options(lan, AUTH_KEY)
-    })
-}
-
-/// What the daemon may change in its namespace, as text; equal before and after.
-fn host_state(ns: &Netns) -> String {
-    let out = ns.try_sh(
-        "nft list ruleset; echo ---; ip rule; echo ---; ip -6 rule; echo ---; \
-         ip route show table 52; echo ---; ip -6 route show table 52",
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    node::start_control_approving(lan, AUTH_KEY)
 }
 
 fn nft_ruleset(ns: &Netns) -> String {
@@ -61,12 +48,12 @@ fn nft_ruleset(ns: &Netns) -> String {
 
 /// Waits until `cond` holds for `d`'s host state; panics with both otherwise.
 fn wait_state(d: &Daemon, what: &str, mut cond: impl FnMut(&str) -> bool) {
-    let ok = wait_until(STEP, || cond(&host_state(&d.ns)));
+    let ok = wait_until(STEP, || cond(&node::host_state(&d.ns)));
     assert!(
         ok,
         "{}: {what}; host state:\n{}\nlog:\n{}",
         d.hostname,
-        host_state(&d.ns),
+        node::host_state(&d.ns),
         d.log()
     );
 }
@@ -312,7 +299,7 @@ fn sigterm_puts_the_host_back_and_exits_within_five_seconds() {
     let original = "# exit's LAN resolver\nnameserver 10.94.0.1\nsearch lan.test\n";
     let resolv = NsResolvConf::new(&exit.ns, original);
     let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    let before = host_state(&exit.ns);
+    let before = node::host_state(&exit.ns);
     exit.write_config(
         server.url(),
         AUTH_KEY,
@@ -359,7 +346,7 @@ fn sigterm_puts_the_host_back_and_exits_within_five_seconds() {
             "{io}: {TUN} still exists after exit; log:\n{}",
             exit.log()
         );
-        let after = host_state(&exit.ns);
+        let after = node::host_state(&exit.ns);
         assert_eq!(
             after,
             before,

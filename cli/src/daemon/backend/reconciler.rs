@@ -370,8 +370,14 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
-    #[test]
-    fn states_posted_during_a_slow_apply_collapse_into_the_newest() {
+    /// A reconciler over a [`GatedHost`], with the test's ends of its channels: which
+    /// state it entered, the release of the apply in progress, and "removed".
+    fn gated() -> (
+        Reconciler,
+        mpsc::Receiver<String>,
+        mpsc::Sender<()>,
+        mpsc::Receiver<()>,
+    ) {
         let (entered_tx, entered) = mpsc::channel();
         let (release, release_rx) = mpsc::channel();
         let (removed_tx, removed) = mpsc::channel();
@@ -381,6 +387,12 @@ mod tests {
             removed: removed_tx,
         })
         .unwrap();
+        (r, entered, release, removed)
+    }
+
+    #[test]
+    fn states_posted_during_a_slow_apply_collapse_into_the_newest() {
+        let (r, entered, release, removed) = gated();
         r.post(desired("one"));
         assert_eq!(entered.recv_timeout(WAIT).unwrap(), "one");
         // "one" is being applied (think: nft running); three more arrive, and posting
@@ -406,15 +418,7 @@ mod tests {
 
     #[test]
     fn shutdown_drops_a_waiting_state_and_removes_everything() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let (removed_tx, removed) = mpsc::channel();
-        let r = Reconciler::start(GatedHost {
-            entered: entered_tx,
-            release: release_rx,
-            removed: removed_tx,
-        })
-        .unwrap();
+        let (r, entered, release, removed) = gated();
         r.post(desired("one"));
         assert_eq!(entered.recv_timeout(WAIT).unwrap(), "one");
         r.post(desired("two"));
