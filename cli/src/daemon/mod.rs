@@ -183,12 +183,12 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
         }
     };
     // `state_dir` keeps the resolv.conf backup (none for `--state=mem:`).
-    let host_dns = crate::daemon::backend::dns::HostDns::open(
-        crate::daemon::backend::dns::RESOLV_CONF.into(),
+    let host_dns = ringscale_host::resolv_conf::HostDns::open(
+        ringscale_host::resolv_conf::RESOLV_CONF.into(),
         paths
             .var_root
             .as_deref()
-            .map(|d| d.join(crate::daemon::backend::dns::BACKUP_NAME)),
+            .map(|d| d.join(ringscale_host::resolv_conf::BACKUP_NAME)),
     );
     let backend = match LocalBackend::new(store, engine.clone(), paths.ephemeral(), host_dns) {
         Ok(b) => Arc::new(b),
@@ -270,7 +270,7 @@ fn run_tailnet(flags: &goflag::Parsed, port: u16, opts: EngineOptions) -> ExitCo
 
 /// `--cleanup`: puts back the resolv.conf a crashed run left pointing at quad-100.
 fn cleanup_dns(flags: &goflag::Parsed) {
-    use crate::daemon::backend::dns::{cleanup, BACKUP_NAME, RESOLV_CONF};
+    use ringscale_host::resolv_conf::{cleanup, BACKUP_NAME, RESOLV_CONF};
     let Ok(paths) = resolve_state_paths(
         flags.str("state"),
         flags.str("statedir"),

@@ -11,7 +11,7 @@ use ringscale_control::netmap::NetMap;
 use ringscale_control::prefs::Prefs;
 use ringscale_control::tailcfg::Service;
 use ringscale_dns::{forward, is_quad100, wire, ResolverConfig, Upstream};
-pub use ringscale_host::resolv_conf::{cleanup, HostDns, HostDnsWanted, BACKUP_NAME, RESOLV_CONF};
+use ringscale_host::resolv_conf::{HostDns, HostDnsWanted, RESOLV_CONF};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

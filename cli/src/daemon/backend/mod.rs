@@ -96,7 +96,7 @@ impl LocalBackend {
         mut store: StateStore,
         engine: Arc<Engine>,
         ephemeral: bool,
-        host_dns: dns::HostDns,
+        host_dns: ringscale_host::resolv_conf::HostDns,
     ) -> Result<LocalBackend, BackendError> {
         let machine_key = store.load_or_create_machine_key()?;
         let (profile, prefs) = match store.current_profile()? {

@@ -21,7 +21,7 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::dns::{HostDns, HostDnsWanted};
+use ringscale_host::resolv_conf::{HostDns, HostDnsWanted};
 
 /// What the host should look like, computed on the control thread.
 #[derive(Clone, Debug)]
